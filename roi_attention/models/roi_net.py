@@ -1,0 +1,449 @@
+"""ROI-attention classifiers (Eppel, arXiv 1812.00291) on any timm backbone.
+
+A model classifies the region of a photo given by a binary mask. It runs a timm backbone on the whole
+photo; a side branch turns the mask into an attention map merged into the backbone at the first conv,
+at the end of the stride-16 stage, or at every stage (paper Fig. 3), or it hides the background (Fig. 2a),
+crops the region's box (Fig. 2b) or ignores the mask (Fig. 3a). Merge points come from what timm knows
+about the backbone (its ``first_conv`` and ``feature_info``), so any timm CNN works as a backbone.
+
+Input: the packed ``(B,4,H,W)`` tensor (normalised RGB + mask channel), or ``model(image, mask=mask)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._input import update_model_args
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..data.labels import COCO_CLASSES, OPENSURFACES_MATERIALS
+from ..layers.crop import crop_to_roi
+from ..layers.mask import MASK_RESIZE_MODES, resize_mask, split_roi_input
+from ..layers.merge import create_merge_layer
+
+__all__ = [
+    "BACKBONES",
+    "HUB_ORG",
+    "VARIANTS",
+    "PretrainedWeightsError",
+    "RoiAttentionNet",
+    "RoiVariant",
+    "checkpoint_filter_fn",
+]
+
+_logger = logging.getLogger(__name__)
+
+HUB_ORG = "roi-attention"
+"""The Hugging Face Hub organisation that publishes this project's region-trained weights."""
+
+
+@dataclass(frozen=True)
+class RoiVariant:
+    """How the mask enters the network.
+
+    ``merge``: ``add``/``mul`` (attention map from a 3x3 conv of the mask), ``gate`` (multiply by the mask).
+    ``at``: ``image`` (the input), ``l1`` (first conv), ``l3`` (end of the stride-16 stage), ``all``
+    (first conv and every stage end). ``crop``: classify the ROI's box instead of the photo.
+    """
+
+    merge: str | None = None
+    at: str | None = None
+    crop: bool = False
+    paper: str = ""
+    summary: str = ""
+
+
+# One entry per variant: adding a variant is one line here.
+VARIANTS: dict[str, RoiVariant] = {
+    "add_l1": RoiVariant("add", "l1", paper="Fig. 3c", summary="attention map added after the first conv"),
+    "mul_l1": RoiVariant("mul", "l1", paper="Fig. 3b", summary="attention map multiplied after the first conv"),
+    "add_l3": RoiVariant("add", "l3", paper="Fig. 3e", summary="attention map added after the stride-16 stage"),
+    "mul_l3": RoiVariant("mul", "l3", paper="Fig. 3d", summary="attention map multiplied after the stride-16 stage"),
+    "add_all": RoiVariant(
+        "add", "all", paper="Fig. 3f", summary="attention maps added after the first conv and every stage"
+    ),
+    "mul_all": RoiVariant(
+        "mul", "all", paper="Fig. 3g", summary="attention maps multiplied after the first conv and every stage"
+    ),
+    "blackout_image": RoiVariant(
+        "gate", "image", paper="Fig. 2a", summary="background set to the mean colour (hard attention 1)"
+    ),
+    "blackout_l1": RoiVariant(
+        "gate", "l1", paper="hard attention 2", summary="first conv's output zeroed outside the ROI"
+    ),
+    "crop": RoiVariant(crop=True, paper="Fig. 2b", summary="the ROI's box cropped, resized and classified"),
+    "full": RoiVariant(paper="Fig. 3a", summary="the whole photo classified, mask ignored"),
+}
+
+# One entry per backbone: the timm model and its ImageNet weights' tag (re-used as the ROI model's tag).
+BACKBONES: dict[str, str] = {
+    "resnet18": "tv_in1k",
+    "resnet34": "tv_in1k",
+    "resnet50": "tv_in1k",
+    "resnet101": "tv_in1k",
+    "resnet152": "tv_in1k",
+    "tf_efficientnet_lite0": "in1k",
+}
+
+# Region-trained weights published under HUB_ORG: tag -> (backbones, class names).
+REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "coco": (("resnet50",), COCO_CLASSES),
+    "opensurfaces": (("resnet50",), OPENSURFACES_MATERIALS),
+}
+
+# The paper's variants: the ones region-trained weights exist for.
+PAPER_VARIANTS = ("add_l1", "mul_l1", "add_l3", "mul_l3", "add_all", "mul_all", "blackout_image", "blackout_l1")
+
+model_cfgs: dict[str, dict[str, str]] = {
+    f"roi_{backbone}_{variant}": dict(backbone=backbone, variant=variant)
+    for backbone in BACKBONES
+    for variant in VARIANTS
+}
+
+
+def _cfg(backbone: str, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained config of an ROI model: the backbone's, with a 4th input channel for the mask."""
+    base = get_pretrained_cfg(f"{backbone}.{BACKBONES[backbone]}")
+    cfg = dict(
+        input_size=(4, *base.input_size[1:]),
+        interpolation=base.interpolation,
+        crop_pct=base.crop_pct,
+        crop_mode=base.crop_mode,
+        mean=(*base.mean, 0.0),  # the mask channel passes through normalisation unchanged
+        std=(*base.std, 1.0),
+        num_classes=base.num_classes,
+        pool_size=base.pool_size,
+        first_conv=f"backbone.{base.first_conv}",
+        classifier=f"backbone.{base.classifier}",
+        license=base.license,
+        paper_name="Classifying a specific image region using convolutional nets with an ROI mask as input",
+        paper_ids="arXiv:1812.00291",
+        notes=("input: normalised RGB + ROI mask in {0,1} as channel 4", "mask_resize: max"),
+    )
+    cfg.update(kwargs)
+    return cfg
+
+
+def _pretrained_cfgs() -> dict[str, dict[str, Any]]:
+    cfgs: dict[str, dict[str, Any]] = {}
+    for name, model_cfg in model_cfgs.items():
+        backbone, variant = model_cfg["backbone"], model_cfg["variant"]
+        tag = BACKBONES[backbone]
+        cfgs[f"{name}.{tag}"] = _cfg(
+            backbone,
+            hf_hub_id=get_pretrained_cfg(f"{backbone}.{tag}").hf_hub_id,
+            description=f"{backbone}.{tag} ImageNet backbone, ROI side branch at its zero-effect init",
+        )
+        for region_tag, (backbones, labels) in REGION_WEIGHTS.items():
+            if backbone in backbones and variant in PAPER_VARIANTS:
+                cfgs[f"{name}.{region_tag}"] = _cfg(
+                    backbone,
+                    hf_hub_id=f"{HUB_ORG}/{name}.{region_tag}",
+                    num_classes=len(labels),
+                    label_names=labels,
+                    license="mit",
+                    description=f"trained to classify {region_tag} regions",
+                )
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_pretrained_cfgs())
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for and could not be loaded."""
+
+
+def _merge_key(module_name: str) -> str:
+    return module_name.replace(".", "_")
+
+
+def _has_own_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def resolve_merge_points(backbone: nn.Module, at: str | None) -> list[tuple[str, int]]:
+    """``(module name, channels)`` of each point where the mask merges into ``backbone``.
+
+    ``l1`` is timm's ``first_conv``. Stages are ``feature_info`` entries, less those that only re-expose the
+    stem (no parameters of their own, like ResNet's ``act1``, or holding the first conv).
+    """
+    if at in (None, "image"):
+        return []
+    first_conv = backbone.pretrained_cfg.get("first_conv")
+    if isinstance(first_conv, (tuple, list)):
+        first_conv = first_conv[0]
+    if not first_conv:
+        raise ValueError(f"{type(backbone).__name__} has no first_conv in its pretrained config")
+    stem = (first_conv, backbone.get_submodule(first_conv).out_channels)
+    if at == "l1":
+        return [stem]
+    stages = [
+        (info["module"], info["num_chs"])
+        for info in backbone.feature_info
+        if _has_own_parameters(backbone.get_submodule(info["module"]))
+        and not first_conv.startswith(info["module"] + ".")
+    ]
+    if at == "l3":
+        stride16 = [(info["module"], info["num_chs"]) for info in backbone.feature_info if info["reduction"] == 16]
+        if not stride16:
+            raise ValueError(f"{type(backbone).__name__} has no stage of stride 16 in its feature_info")
+        return [stride16[-1]]
+    if at == "all":
+        return [stem, *stages]
+    raise ValueError(f"unknown merge point {at!r}, expected image, l1, l3 or all")
+
+
+class RoiAttentionNet(nn.Module):
+    """A timm backbone that classifies the region of the image given by a mask.
+
+    Args:
+        backbone: name of a timm CNN (its ``first_conv`` and ``feature_info`` give the merge points).
+        variant: a key of ``VARIANTS``, how the mask enters the network.
+        num_classes: classifier outputs.
+        in_chans: must be 4 (RGB + mask), the packed input's channels.
+        mask_resize: how the mask is resized to a merge point: ``max`` (default; a one-pixel ROI reaches
+            every merge point), ``area`` or ``bilinear`` (the paper author's; small ROIs can vanish).
+        crop_margin: for ``crop``, the box grows by this fraction of its size on each side.
+        check_inputs: check values (finite image, mask in [0, 1]) on every eager forward.
+        **backbone_kwargs: passed to ``timm.create_model`` for the backbone (``drop_rate``, ...).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        variant: str,
+        num_classes: int = 1000,
+        in_chans: int = 4,
+        mask_resize: str = "max",
+        crop_margin: float = 0.1,
+        check_inputs: bool = True,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown ROI variant {variant!r}, expected one of {tuple(VARIANTS)}")
+        if in_chans != 4:
+            raise ValueError(
+                "ROI models take 4 input channels (RGB + mask), or a 3-channel image with mask=; "
+                f"got in_chans={in_chans}"
+            )
+        if mask_resize not in MASK_RESIZE_MODES:
+            raise ValueError(f"unknown mask_resize {mask_resize!r}, expected one of {MASK_RESIZE_MODES}")
+        if not 0 <= crop_margin:
+            raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+        self.backbone_name = backbone
+        self.variant_name = variant
+        self.variant = VARIANTS[variant]
+        self.in_chans = in_chans
+        self.num_classes = self.backbone.num_classes
+        self.num_features = self.backbone.num_features
+        self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
+        self.mask_resize = mask_resize
+        self.crop_margin = crop_margin
+        self.check_inputs = check_inputs
+        self.feature_info = [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
+        self.grad_checkpointing = False
+
+        self.merge_points = resolve_merge_points(self.backbone, self.variant.at)
+        self.roi_branch = nn.ModuleDict()
+        for module_name, channels in self.merge_points:
+            key = _merge_key(module_name)
+            self.roi_branch[key] = create_merge_layer(self.variant.merge, channels)
+            self.backbone.get_submodule(module_name).register_forward_hook(partial(self._merge_hook, key))
+        if self.variant.at == "image":
+            self.roi_branch["image"] = create_merge_layer(self.variant.merge, 3)
+        self._active_mask: Tensor | None = None
+
+    # -- the mask's way into the backbone ------------------------------------------------------------
+
+    def _merge_hook(self, key: str, module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        mask = self._active_mask
+        if mask is None:
+            raise RuntimeError(
+                "the ROI model's backbone ran without a mask: call the ROI model itself, not model.backbone"
+            )
+        return self.roi_branch[key](output, resize_mask(mask, output.shape[-2:], self.mask_resize))
+
+    def split_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(image, mask)`` from the packed input or an image and its mask, checked."""
+        return split_roi_input(x, mask, check_values=self.check_inputs)
+
+    def _backbone_input(self, image: Tensor, mask: Tensor) -> Tensor:
+        if self.variant.crop:
+            return crop_to_roi(image, mask, tuple(image.shape[-2:]), self.crop_margin)
+        if self.variant.at == "image":
+            return self.roi_branch["image"](image, mask)
+        return image
+
+    def _run_with_mask(self, mask: Tensor, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        previous, self._active_mask = self._active_mask, mask
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._active_mask = previous
+
+    # -- timm model API ------------------------------------------------------------------------------
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Unpooled features of the backbone's last stage."""
+        image, mask = self.split_input(x, mask)
+        return self._run_with_mask(mask, self.backbone.forward_features, self._backbone_input(image, mask))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits ``(B, num_classes)`` for the packed ``(B,4,H,W)`` input, or an image with ``mask=``."""
+        return self.forward_head(self.forward_features(x, mask))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:
+        """The backbone's ``forward_intermediates`` with the ROI merged in (timm ``features_only`` uses it)."""
+        image, mask = self.split_input(x, mask)
+        return self._run_with_mask(
+            mask,
+            self.backbone.forward_intermediates,
+            self._backbone_input(image, mask),
+            indices=indices,
+            norm=norm,
+            stop_early=stop_early,
+            output_fmt=output_fmt,
+            intermediates_only=intermediates_only,
+        )
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        kept = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        for module_name, _ in self.merge_points:
+            try:
+                self.backbone.get_submodule(module_name)
+            except AttributeError:
+                del self.roi_branch[_merge_key(module_name)]
+        return kept
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+        self.num_classes = num_classes
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each backbone stage in the backward pass instead of storing its activations.
+
+        The stages (``feature_info``) are checkpointed here, with the mask passed in explicitly, because
+        the side branch needs the mask again when a stage is recomputed.
+        """
+        self.grad_checkpointing = enable
+        for info in self.backbone.feature_info:
+            stage = self.backbone.get_submodule(info["module"])
+            if not _has_own_parameters(stage):
+                continue
+            if enable:
+                stage.forward = partial(_checkpointed_forward, self, stage)
+            else:
+                stage.__dict__.pop("forward", None)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        inner = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{name}" for name in inner}
+
+
+def _checkpointed_forward(model: RoiAttentionNet, stage: nn.Module, *args: Any) -> Any:
+    forward = type(stage).forward
+    if not (torch.is_grad_enabled() and model.training):
+        return forward(stage, *args)
+    return checkpoint(
+        lambda mask, *inputs: model._run_with_mask(mask, forward, stage, *inputs),
+        model._active_mask,
+        *args,
+        use_reentrant=False,
+    )
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) -> dict[str, Tensor]:
+    """Accept a full ROI model state dict, or a plain backbone one (the side branch keeps its init)."""
+    if any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
+        return state_dict
+    out = {f"backbone.{key}": value for key, value in state_dict.items()}
+    out.update({key: value for key, value in model.state_dict().items() if key.startswith("roi_branch.")})
+    return out
+
+
+def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> RoiAttentionNet:
+    built: list[RoiAttentionNet] = []
+
+    def construct(**model_kwargs: Any) -> RoiAttentionNet:
+        built.append(RoiAttentionNet(**model_cfgs[name], **model_kwargs))
+        return built[-1]
+
+    try:
+        model = build_model_with_cfg(
+            construct,
+            name,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls="getter"),
+            **kwargs,
+        )
+    except Exception as error:
+        if not (pretrained and built):
+            raise
+        raise PretrainedWeightsError(_weights_error_message(name, built[-1], error)) from error
+    if isinstance(model, RoiAttentionNet):
+        update_model_args(model, mask_resize=model.mask_resize, crop_margin=model.crop_margin)
+    return model
+
+
+def _weights_error_message(name: str, model: RoiAttentionNet, error: Exception) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    tag = cfg.get("tag")
+    full_name = f"{name}.{tag}" if tag else name
+    source = cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "no weight source"
+    backbone_tag = f"{name}.{BACKBONES[model.backbone_name]}"
+    return (
+        f"pretrained weights for '{full_name}' could not be loaded from {source}: "
+        f"{type(error).__name__}: {error}\n"
+        f"Instead: create_model('{backbone_tag}', pretrained=True) for the ImageNet backbone, "
+        f"pretrained_cfg_overlay=dict(file='weights.safetensors') for a local file, "
+        f"'local-dir:DIR' or 'hf-hub:ORG/NAME' for a saved ROI model, or pretrained=False for random weights."
+    )
+
+
+def _register(name: str) -> None:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> RoiAttentionNet:
+        return _create_roi_model(name, pretrained=pretrained, **kwargs)
+
+    cfg = model_cfgs[name]
+    variant = VARIANTS[cfg["variant"]]
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"ROI model on {cfg['backbone']}: {variant.summary} ({variant.paper})."
+    globals()[name] = register_model(entrypoint)
+
+
+for _name in model_cfgs:
+    _register(_name)
