@@ -385,12 +385,29 @@ def _checkpointed_forward(model: RoiAttentionNet, stage: nn.Module, *args: Any) 
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) -> dict[str, Tensor]:
-    """Accept a full ROI model state dict, or a plain backbone one (the side branch keeps its init)."""
-    if any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
-        return state_dict
-    out = {f"backbone.{key}": value for key, value in state_dict.items()}
-    out.update({key: value for key, value in model.state_dict().items() if key.startswith("roi_branch.")})
-    return out
+    """Accept a full ROI model state dict, or a plain backbone one (the side branch keeps its init).
+
+    Raises a short ``ValueError`` naming the first missing, unexpected and misshapen tensors when the
+    weights do not fit the architecture (the classifier may differ: timm re-initialises it).
+    """
+    if not any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
+        state_dict = {f"backbone.{key}": value for key, value in state_dict.items()}
+        state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("roi_branch.")})
+    expected = model.state_dict()
+    classifier = model.pretrained_cfg.get("classifier") or ""
+    problems = {
+        "missing": [key for key in expected if key not in state_dict],
+        "unexpected": [key for key in state_dict if key not in expected],
+        "misshapen": [
+            f"{key} {tuple(value.shape)} != {tuple(expected[key].shape)}"
+            for key, value in state_dict.items()
+            if key in expected and value.shape != expected[key].shape and not key.startswith(f"{classifier}.")
+        ],
+    }
+    if any(problems.values()):
+        found = "; ".join(f"{len(v)} {k} (first: {', '.join(v[:3])})" for k, v in problems.items() if v)
+        raise ValueError(f"the weights do not fit {model.backbone_name} with variant {model.variant_name}: {found}")
+    return state_dict
 
 
 def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> RoiAttentionNet:
@@ -424,12 +441,16 @@ def _weights_error_message(name: str, model: RoiAttentionNet, error: Exception) 
     full_name = f"{name}.{tag}" if tag else name
     source = cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "no weight source"
     backbone_tag = f"{name}.{BACKBONES[model.backbone_name]}"
+    alternatives = [
+        "pretrained_cfg_overlay=dict(file='weights.safetensors') for a local file",
+        "'local-dir:DIR' or 'hf-hub:ORG/NAME' for a saved ROI model",
+        "pretrained=False for random weights",
+    ]
+    if full_name != backbone_tag:
+        alternatives.insert(0, f"'{backbone_tag}' for the ImageNet backbone with the side branch at its init")
     return (
         f"pretrained weights for '{full_name}' could not be loaded from {source}: "
-        f"{type(error).__name__}: {error}\n"
-        f"Instead: create_model('{backbone_tag}', pretrained=True) for the ImageNet backbone, "
-        f"pretrained_cfg_overlay=dict(file='weights.safetensors') for a local file, "
-        f"'local-dir:DIR' or 'hf-hub:ORG/NAME' for a saved ROI model, or pretrained=False for random weights."
+        f"{type(error).__name__}: {error}\nInstead use " + "; ".join(alternatives) + "."
     )
 
 

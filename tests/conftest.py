@@ -1,0 +1,79 @@
+"""Shared helpers: tests run offline, on small inputs, over the whole ROI registry."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import roi_attention  # noqa: E402, F401  (registers the models)
+from roi_attention.models import VARIANTS, model_cfgs  # noqa: E402
+
+ALL_MODELS = timm.list_models("roi_*")
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+SIZE = 64
+NUM_CLASSES = 5
+
+
+def variant_of(name: str) -> str:
+    return model_cfgs[name]["variant"]
+
+
+def backbone_of(name: str) -> str:
+    return model_cfgs[name]["backbone"]
+
+
+def models_with(*variants: str) -> list[str]:
+    return [name for name in ALL_MODELS if variant_of(name) in variants]
+
+
+ATTENTION_MODELS = [name for name in ALL_MODELS if VARIANTS[variant_of(name)].merge in ("add", "mul")]
+# One small backbone of each family, for the slower checks.
+SMALL_MODELS = [name for name in ALL_MODELS if backbone_of(name) in ("resnet18", "tf_efficientnet_lite0")]
+
+
+def make_model(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    kwargs.setdefault("num_classes", NUM_CLASSES)
+    return timm.create_model(name, **kwargs).eval()
+
+
+def plain_backbone(model) -> torch.nn.Module:
+    """The plain timm backbone with the ROI model's backbone weights: the independent reference."""
+    plain = timm.create_model(model.backbone_name, num_classes=model.num_classes).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    return plain
+
+
+def randomize_side_branch(model, std: float = 0.5) -> None:
+    """Give the side branch non-zero weights, as training would."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.roi_branch.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def random_image(batch: int = 2, size: int = SIZE, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def box_mask(batch: int = 2, size: int = SIZE, box: tuple[int, int, int, int] = (8, 16, 40, 36)) -> torch.Tensor:
+    """``(B,1,H,W)`` masks of a rectangle ``(y0, x0, y1, x1)``."""
+    mask = torch.zeros(batch, 1, size, size)
+    y0, x0, y1, x1 = box
+    mask[:, :, y0:y1, x0:x1] = 1
+    return mask
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return random_image()
+
+
+@pytest.fixture
+def mask() -> torch.Tensor:
+    return box_mask()
