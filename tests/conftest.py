@@ -4,14 +4,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import timm
+import torch
 
-import roi_attention  # noqa: E402, F401  (registers the models)
-from roi_attention.models import VARIANTS, model_cfgs  # noqa: E402
+import roi_attention  # noqa: F401  (registers the models)
+from roi_attention.models import VARIANTS, model_cfgs
 
 ALL_MODELS = timm.list_models("roi_*")
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

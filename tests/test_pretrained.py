@@ -75,7 +75,7 @@ def test_weights_of_another_architecture_are_refused(resnet18_file, tmp_path):
 def test_a_truncated_weights_file_is_refused(resnet18_file, tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(resnet18_file[0].read_bytes()[:100_000])
-    with pytest.raises(PretrainedWeightsError, match="truncated.safetensors"):
+    with pytest.raises(PretrainedWeightsError, match=r"truncated\.safetensors"):
         timm.create_model("roi_resnet18_add_l1", pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)))
 
 

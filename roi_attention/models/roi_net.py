@@ -12,6 +12,7 @@ Input: the packed ``(B,4,H,W)`` tensor (normalised RGB + mask channel), or ``mod
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -448,6 +449,8 @@ def _weights_error_message(name: str, model: RoiAttentionNet, error: Exception) 
     ]
     if full_name != backbone_tag:
         alternatives.insert(0, f"'{backbone_tag}' for the ImageNet backbone with the side branch at its init")
+    if cfg.get("hf_hub_id") and not cfg.get("file") and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        source = f"{source} (HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
     return (
         f"pretrained weights for '{full_name}' could not be loaded from {source}: "
         f"{type(error).__name__}: {error}\nInstead use " + "; ".join(alternatives) + "."
