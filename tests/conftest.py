@@ -1,8 +1,11 @@
 """Shared helpers: tests run offline, on small inputs, over the whole ROI registry."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Converted weights go to a fresh folder, never the user's cache.
+os.environ["ROI_ATTENTION_CACHE"] = tempfile.mkdtemp(prefix="roi-attention-test-cache-")
 
 from pathlib import Path
 

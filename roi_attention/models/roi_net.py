@@ -11,7 +11,6 @@ Input: the packed ``(B,4,H,W)`` tensor (normalised RGB + mask channel), or ``mod
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -38,8 +37,6 @@ __all__ = [
     "RoiVariant",
     "checkpoint_filter_fn",
 ]
-
-_logger = logging.getLogger(__name__)
 
 HUB_ORG = "roi-attention"
 """The Hugging Face Hub organisation that publishes this project's region-trained weights."""
@@ -99,8 +96,8 @@ REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "opensurfaces": (("resnet50",), OPENSURFACES_MATERIALS),
 }
 
-# The paper's variants: the ones region-trained weights exist for.
-PAPER_VARIANTS = ("add_l1", "mul_l1", "add_l3", "mul_l3", "add_all", "mul_all", "blackout_image", "blackout_l1")
+# The paper's tables compare the variants that merge the mask somewhere: region weights exist for those.
+PAPER_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.merge)
 
 model_cfgs: dict[str, dict[str, str]] = {
     f"roi_{backbone}_{variant}": dict(backbone=backbone, variant=variant)
