@@ -183,18 +183,18 @@ def resolve_merge_points(backbone: nn.Module, at: str | None) -> list[tuple[str,
     stem = (first_conv, backbone.get_submodule(first_conv).out_channels)
     if at == "l1":
         return [stem]
-    stages = [
-        (info["module"], info["num_chs"])
-        for info in backbone.feature_info
-        if _has_own_parameters(backbone.get_submodule(info["module"]))
-        and not first_conv.startswith(info["module"] + ".")
-    ]
     if at == "l3":
         stride16 = [(info["module"], info["num_chs"]) for info in backbone.feature_info if info["reduction"] == 16]
         if not stride16:
             raise ValueError(f"{type(backbone).__name__} has no stage of stride 16 in its feature_info")
         return [stride16[-1]]
     if at == "all":
+        stages = [
+            (info["module"], info["num_chs"])
+            for info in backbone.feature_info
+            if _has_own_parameters(backbone.get_submodule(info["module"]))
+            and not first_conv.startswith(info["module"] + ".")
+        ]
         return [stem, *stages]
     raise ValueError(f"unknown merge point {at!r}, expected image, l1, l3 or all")
 
