@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# imgaug ships a real photo with a real polygon (quokka) that the tests read as files; not imported.
+	$(BIN)/python -m pip install -q --no-deps imgaug==0.4.0
 	touch $(STAMP)
 
 demo: $(STAMP)

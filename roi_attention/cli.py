@@ -71,6 +71,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_dataset(args: argparse.Namespace) -> int:
+    from .data import CocoRegions, OpenSurfacesRegions, build_region_dataset
+
+    if args.format == "coco":
+        source = CocoRegions(args.images, args.annotations, keep_crowd=args.keep_crowd, categories=args.categories)
+    else:
+        source = OpenSurfacesRegions(args.images, args.labels, min_area=args.min_area)
+    report = build_region_dataset(source, args.out, split=args.split, num_proc=args.num_proc, overwrite=args.overwrite)
+    print(report.summary())
+    print(f"dataset: {args.out} (datasets.load_dataset('{args.out}', 'regions', split='{args.split}'))")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        HfApi().upload_folder(folder_path=args.out, repo_id=args.push_to_hub, repo_type="dataset")
+        print(f"pushed to the Hub: {args.push_to_hub}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roi-attention", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", default=None, help="output .safetensors (default: in the cache folder)")
     convert.add_argument("--overwrite", action="store_true")
     convert.set_defaults(run=_cmd_convert_lite0)
+
+    build = commands.add_parser("build-dataset", help="build a region dataset (parquet) from COCO or OpenSurfaces")
+    formats = build.add_subparsers(dest="format", required=True)
+    formats_help = {
+        "coco": "COCO instances: one region per instance mask",
+        "opensurfaces": "the author's OpenSurfaces label maps: one region per connected component",
+    }
+    for name, help_text in formats_help.items():
+        sub = formats.add_parser(name, help=help_text)
+        sub.add_argument("--images", required=True, help="folder of photos")
+        if name == "coco":
+            sub.add_argument("--annotations", required=True, help="COCO instances JSON")
+            sub.add_argument("--keep-crowd", action="store_true", help="keep crowd annotations (skipped by default)")
+            sub.add_argument(
+                "--categories",
+                choices=["coco80", "file"],
+                default="coco80",
+                help="the 80 standard COCO classes, or the file's own categories",
+            )
+        else:
+            sub.add_argument("--labels", required=True, help="folder of label maps (NAME.png beside NAME.jpg)")
+            sub.add_argument("--min-area", type=int, default=64, help="smallest region kept, in pixels")
+        sub.add_argument("--out", required=True, help="dataset folder (created, or a dataset to add a split to)")
+        sub.add_argument("--split", default="train")
+        sub.add_argument("--num-proc", type=int, default=1, help="worker processes")
+        sub.add_argument("--overwrite", action="store_true", help="rebuild the split if it exists")
+        sub.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder as a Hub dataset")
+        sub.set_defaults(run=_cmd_build_dataset)
 
     demo = commands.add_parser("demo", help="run an ROI model with real ImageNet weights on an example photo")
     demo.add_argument("--model", default="roi_tf_efficientnet_lite0_add_l1")
@@ -100,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (PretrainedWeightsError, RoiInputError, ImportError, FileNotFoundError, ValueError) as error:
+    except (PretrainedWeightsError, RoiInputError, ImportError, OSError, ValueError) as error:
         print(f"roi-attention: {error}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,8 @@
-"""Joint image + mask transforms (torchvision.transforms.v2) producing the packed model input."""
+"""Joint image + mask transforms (torchvision.transforms.v2 with tv_tensors) producing the packed model input.
+
+Images and masks move together; masks are resized with nearest neighbour (never interpolated into soft
+values), and a resize that would erase a small ROI keeps every pixel the ROI touches instead.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,126 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 
-def eval_transform(data_config: dict[str, Any]) -> v2.Compose:
-    """Resize (shorter side to the model's input size, aspect kept) and normalise an image with its masks.
+class EmptyRegionError(ValueError):
+    """A region's mask is empty (before or after a transform)."""
 
-    Masks are ``tv_tensors.Mask`` and are resized with nearest neighbour, so they stay binary.
-    """
+
+def _masks(flat_inputs: Sequence[Any]) -> list[tv_tensors.Mask]:
+    return [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
+
+
+def _image_size(flat_inputs: Sequence[Any]) -> tuple[int, int]:
+    return tuple(v2.query_size(flat_inputs))  # type: ignore[return-value]
+
+
+class RoiResize(v2.Transform):
+    """Resize so the shorter side is ``size`` (or a random side in ``[size, max_size]``), or, with
+    ``longer=True``, so the longer side is ``size``. A mask that nearest-neighbour would empty keeps every
+    pixel its region touches at the new size."""
+
+    def __init__(self, size: int, max_size: int | None = None, longer: bool = False) -> None:
+        super().__init__()
+        self.size, self.max_size, self.longer = size, max_size, longer
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _image_size(flat_inputs)
+        side = self.size if self.max_size is None else _randint(self.size, self.max_size)
+        scale = side / (max(height, width) if self.longer else min(height, width))
+        return dict(size=[max(1, round(height * scale)), max(1, round(width * scale))])
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            # nearest-exact samples each output pixel at its centre, as the image resize does (plain nearest
+            # samples its corner and shifts the mask by half an output pixel).
+            resized = TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+            lost = resized.flatten(-2).amax(-1) == 0
+            if bool(lost.any()):
+                covered = F.adaptive_max_pool2d(inpt.reshape(-1, 1, *inpt.shape[-2:]).float(), params["size"])
+                covered = covered.reshape(resized.shape).to(resized.dtype)
+                resized = tv_tensors.wrap(torch.where(lost[..., None, None], covered, resized), like=resized)
+            return resized
+        return TF.resize(inpt, params["size"], antialias=True)
+
+
+class RandomRoiCrop(v2.Transform):
+    """A random ``size`` x ``size`` window that contains the ROI's box, or lies inside the box when the ROI is
+    larger than the window (the paper author's crop). Images smaller than the window are padded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        masks = _masks(flat_inputs)
+        if len(masks) != 1:
+            raise ValueError(f"RandomRoiCrop needs exactly one mask, got {len(masks)}")
+        mask = masks[0].reshape(-1, *masks[0].shape[-2:]).amax(0, keepdim=True)
+        if not bool(mask.any()):
+            raise EmptyRegionError("RandomRoiCrop got an empty mask")
+        x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask)[0])
+        height, width = mask.shape[-2:]
+        top = _window_start(y0, y1 + 1, height, self.size)
+        left = _window_start(x0, x1 + 1, width, self.size)
+        return dict(top=top, left=left)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.crop(inpt, params["top"], params["left"], self.size, self.size)
+
+
+def _window_start(lo: int, hi: int, length: int, window: int) -> int:
+    """Start of a random window of ``window`` pixels over ``[0, length)`` holding ``[lo, hi)``, or inside it."""
+    if length <= window:
+        return 0  # the crop pads past the end
+    if hi - lo <= window:
+        first, last = max(0, hi - window), min(lo, length - window)
+    else:
+        first, last = lo, hi - window
+    return _randint(first, last)
+
+
+def _randint(low: int, high: int) -> int:
+    """A uniform integer in ``[low, high]`` from torch's generator (seeded per DataLoader worker)."""
+    return int(torch.randint(low, high + 1, ()).item())
+
+
+def _normalize(data_config: dict[str, Any]) -> list[v2.Transform]:
+    return [
+        v2.ToImage(),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(mean=list(data_config["mean"][:3]), std=list(data_config["std"][:3])),
+    ]
+
+
+def train_transform(data_config: dict[str, Any], scale: tuple[float, float] = (1.0, 2.0)) -> v2.Compose:
+    """Random scale (shorter side between ``scale`` times the input size), ROI-preserving random crop to the
+    input size, horizontal flip, normalisation."""
     size = int(min(data_config["input_size"][1:]))
     return v2.Compose(
         [
-            v2.Resize(size, antialias=True),
-            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(mean=list(data_config["mean"][:3]), std=list(data_config["std"][:3])),
+            RoiResize(round(size * scale[0]), round(size * scale[1])),
+            RandomRoiCrop(size),
+            v2.RandomHorizontalFlip(),
+            *_normalize(data_config),
         ]
     )
+
+
+def eval_transform(data_config: dict[str, Any], square: bool = True) -> v2.Compose:
+    """Resize keeping the aspect ratio and normalise. ``square``: longer side to the input size, then pad to a
+    square with the mean colour (batches of any photos); else shorter side to the input size (one photo)."""
+    size = int(min(data_config["input_size"][1:]))
+    steps: list[v2.Transform] = [RoiResize(size, longer=square), *_normalize(data_config)]
+    if square:
+        steps.append(v2.CenterCrop(size))  # pads the shorter side with zeros: the mean colour, an empty mask
+    return v2.Compose(steps)
 
 
 def pack(image: Tensor, masks: Tensor) -> Tensor:
@@ -33,9 +139,11 @@ def pack(image: Tensor, masks: Tensor) -> Tensor:
     return torch.cat([image.expand(masks.shape[0], -1, -1, -1), masks[:, None]], dim=1)
 
 
-def prepare_regions(photo: np.ndarray, masks: Sequence[np.ndarray], data_config: dict[str, Any]) -> Tensor:
+def prepare_regions(
+    photo: np.ndarray, masks: Sequence[np.ndarray], data_config: dict[str, Any], square: bool = False
+) -> Tensor:
     """The packed model input for one ``(H,W,3)`` uint8 photo and its ``(H,W)`` masks (non-zero = region)."""
     image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
     stacked = tv_tensors.Mask(torch.from_numpy(np.stack([np.asarray(m) != 0 for m in masks])).to(torch.uint8))
-    image, stacked = eval_transform(data_config)(image, stacked)
+    image, stacked = eval_transform(data_config, square=square)(image, stacked)
     return pack(image.as_subclass(Tensor), stacked.as_subclass(Tensor))
