@@ -29,6 +29,7 @@ from roi_attention.data import (
     decode_mask,
     eval_transform,
     load_region_split,
+    region_collate,
     size_bin,
     train_transform,
 )
@@ -389,3 +390,33 @@ def test_dataset_shards_hold_images_in_chunks(coco):
     photos = len(json.loads(coco["annotations"].read_text())["images"])
     shards = sorted(Path(coco["out"], "images").iterdir())
     assert len(shards) == -(-photos // 2)  # images_per_shard=2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_train_transform_moves_image_and_mask_together(seed):
+    torch.manual_seed(seed)
+    transform = train_transform(DATA_CONFIG)
+    for name, photo, polygon in _photos_and_polygons():
+        mask = reference_mask(polygon, photo.shape[:2])
+        image, out = transform(
+            tv_tensors.Image(torch.from_numpy(_painted(photo, mask)).permute(2, 0, 1)),
+            tv_tensors.Mask(torch.from_numpy(mask)[None]),
+        )
+        assert image.shape[-2:] == out.shape[-2:] == (128, 128)
+        assert set(out.unique().tolist()) <= {0, 1}
+        green = (image[1] * DATA_CONFIG["std"][1] + DATA_CONFIG["mean"][1]).numpy()
+        painted, inside = np.clip(1 - green, 0, 1), out[0].numpy().astype(bool)
+        assert inside.any(), name
+        assert np.allclose(ndimage.center_of_mass(painted), ndimage.center_of_mass(inside), atol=0.75), name
+
+
+def test_region_dataset_in_a_dataloader_with_workers_and_the_balanced_sampler(coco):
+    dataset = RegionDataset(coco["out"], "train", transform=train_transform(DATA_CONFIG))
+    sampler = ClassBalancedSampler(dataset.labels, dataset.regions["image_id"], num_samples=8, seed=0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, sampler=sampler, num_workers=2, collate_fn=region_collate
+    )
+    batches = list(loader)
+    assert len(batches) == 2
+    assert batches[0]["pixel_values"].shape == (4, 4, 128, 128)
+    assert [int(i) for b in batches for i in b["region_id"]] == [dataset.regions[i]["region_id"] for i in sampler]
