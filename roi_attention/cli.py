@@ -89,6 +89,52 @@ def _cmd_build_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from .evaluation import evaluate_models, markdown_tables, write_results
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    results = evaluate_models(
+        args.model,
+        args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        probes=args.probes,
+        limit=args.limit,
+        accelerator=accelerator,
+    )
+    if accelerator.is_main_process:
+        paths = write_results(results, args.out)
+        print(markdown_tables(results))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .hub import load_model
+    from .predict import draw_predictions, predict_regions, read_mask, read_photo
+
+    photo = read_photo(args.image)
+    masks = [read_mask(path, photo.shape[:2]) for path in args.mask]
+    model = load_model(args.model, weights=args.weights)
+    predictions = predict_regions(model, photo, masks, topk=args.topk)
+    if args.json:
+        print(json.dumps([dict(mask=m, predictions=p) for m, p in zip(args.mask, predictions, strict=True)], indent=2))
+    else:
+        for number, (path, prediction) in enumerate(zip(args.mask, predictions, strict=True), start=1):
+            labels = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in prediction)
+            print(f"{number}: {path}: {labels}")
+    if args.viz:
+        draw_predictions(photo, masks, predictions, args.viz)
+        if not args.json:
+            print(f"wrote {args.viz}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roi-attention", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +176,40 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--overwrite", action="store_true", help="rebuild the split if it exists")
         sub.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder as a Hub dataset")
         sub.set_defaults(run=_cmd_build_dataset)
+
+    evaluation = commands.add_parser("eval", help="evaluate models like the paper: accuracy by ROI size")
+    evaluation.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="registered name, saved folder or Hub id (repeat for several models)",
+    )
+    evaluation.add_argument("--dataset", required=True, help="region dataset folder or Hub id")
+    evaluation.add_argument("--split", default="validation")
+    evaluation.add_argument("--out", required=True, help="folder for results.json/.md/.csv and the plot")
+    evaluation.add_argument("--batch-size", type=int, default=32)
+    evaluation.add_argument("--num-workers", type=int, default=0)
+    evaluation.add_argument(
+        "--probes", action="store_true", help="also with an empty, a whole-photo and another region's mask"
+    )
+    evaluation.add_argument("--limit", type=int, default=None, help="only the first N regions (a quick look)")
+    evaluation.add_argument("--weights", help="safetensors weights for a registered model name")
+    evaluation.set_defaults(run=_cmd_eval)
+
+    predict = commands.add_parser("predict", help="classify regions of a photo")
+    predict.add_argument("--model", required=True, help="registered name, saved folder or Hub id")
+    predict.add_argument("--image", required=True, help="the photo")
+    predict.add_argument(
+        "--mask",
+        action="append",
+        required=True,
+        help="PNG (non-zero = region), COCO RLE or polygon JSON; repeat for several regions",
+    )
+    predict.add_argument("--topk", type=int, default=5)
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.add_argument("--viz", help="write the photo with the regions outlined and labelled (PNG)")
+    predict.add_argument("--weights", help="safetensors weights for a registered model name")
+    predict.set_defaults(run=_cmd_predict)
 
     demo = commands.add_parser("demo", help="run an ROI model with real ImageNet weights on an example photo")
     demo.add_argument("--model", default="roi_tf_efficientnet_lite0_add_l1")

@@ -1,0 +1,237 @@
+"""Evaluating ROI models like the paper: accuracy by ROI size, per class and pooled, and mask probes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from tqdm.auto import tqdm
+
+from .data.regions import RegionDataset, region_collate
+from .data.size_bins import SIZE_BIN_NAMES
+from .data.transforms import eval_transform, pack
+from .hub.load import load_model
+from .metrics import region_accuracy
+
+PROBES: dict[str, str] = {
+    "true": "the region's own mask",
+    "empty": "an empty mask",
+    "full": "a mask of the whole photo",
+    "other_region": "the mask of another region of the same photo",
+}
+
+
+class ProbeRegions(Dataset):
+    """The regions of a ``RegionDataset`` with the mask replaced as ``probe`` says (see ``PROBES``).
+
+    ``other_region`` keeps only regions whose photo has another region, and gives them the next one's mask.
+    """
+
+    def __init__(self, regions: RegionDataset, probe: str, transform: Any) -> None:
+        if probe not in PROBES:
+            raise ValueError(f"unknown probe {probe!r}, expected one of {tuple(PROBES)}")
+        self.regions, self.probe, self.transform = regions, probe, transform
+        self.indices = list(range(len(regions)))
+        self.partner: dict[int, int] = {}
+        if probe == "other_region":
+            by_image: dict[int, list[int]] = defaultdict(list)
+            for index, image_id in enumerate(regions.regions["image_id"]):
+                by_image[image_id].append(index)
+            for members in by_image.values():
+                if len(members) > 1:
+                    self.partner.update({m: members[(i + 1) % len(members)] for i, m in enumerate(members)})
+            self.indices = sorted(self.partner)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = self.indices[position]
+        if self.probe == "true":
+            return self.regions[index]
+        photo, mask, region = self.regions.raw(index)
+        if self.probe == "empty":
+            mask = np.zeros_like(mask)
+        elif self.probe == "full":
+            mask = np.ones_like(mask)
+        else:
+            mask = self.regions.raw(self.partner[index])[1]
+        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
+        image, mask_tv = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)[None]))
+        return dict(
+            pixel_values=pack(image.as_subclass(torch.Tensor), mask_tv.as_subclass(torch.Tensor))[0],
+            label=region["label"],
+            area=region["area"],
+            size_bin=region["size_bin"],
+            region_id=region["region_id"],
+            image_id=region["image_id"],
+        )
+
+
+def _predict(model: torch.nn.Module, loader: DataLoader, accelerator: Any, desc: str) -> dict[str, np.ndarray]:
+    outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+    k = min(5, model.num_classes)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+            logits = model(batch["pixel_values"].to(accelerator.device))
+            top = logits.topk(k, dim=-1).indices
+            gathered = accelerator.gather_for_metrics(
+                (top, batch["label"].to(top.device), batch["area"].to(top.device), batch["region_id"].to(top.device))
+            )
+            for key, value in zip(("top", "label", "area", "region_id"), gathered, strict=True):
+                outputs[key].append(value.cpu())
+    return {key: torch.cat(values).numpy() for key, values in outputs.items()}
+
+
+def check_classes(model: torch.nn.Module, class_names: list[str], spec: str) -> None:
+    """Refuse a model whose classes differ from the dataset's."""
+    if model.num_classes != len(class_names):
+        raise ValueError(f"model {spec} has {model.num_classes} classes, the dataset {len(class_names)}")
+    names = model.pretrained_cfg.get("label_names")
+    if names and list(names) != list(class_names):
+        first = next(i for i, (a, b) in enumerate(zip(names, class_names, strict=True)) if a != b)
+        raise ValueError(
+            f"model {spec} names class {first} {names[first]!r}, the dataset {class_names[first]!r}: "
+            "the class orders differ"
+        )
+
+
+def evaluate_models(
+    models: list[str],
+    dataset: str | os.PathLike,
+    split: str = "validation",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    probes: bool = False,
+    limit: int | None = None,
+    accelerator: Any = None,
+    weights: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate each model on the same regions; under ``accelerate launch`` the work is split across processes
+    and the totals are exact (``gather_for_metrics``)."""
+    from accelerate import Accelerator
+
+    repeated = sorted({spec for spec in models if models.count(spec) > 1})
+    if repeated:
+        raise ValueError(f"model {repeated[0]} is given more than once")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    results: dict[str, Any] = dict(dataset=str(dataset), split=split, models={})
+    for spec in models:
+        model = load_model(spec, weights=weights)
+        transform = eval_transform(timm.data.resolve_data_config({}, model=model))
+        regions = RegionDataset(dataset, split, transform=transform)
+        check_classes(model, regions.class_names, spec)
+        if limit is not None:
+            regions.regions = regions.regions.select(range(min(limit, len(regions.regions))))
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+        entry: dict[str, Any] = dict(
+            architecture=model.pretrained_cfg.get("architecture"), num_classes=model.num_classes, probes={}
+        )
+        for probe in PROBES if probes else ("true",):
+            loader = DataLoader(
+                ProbeRegions(regions, probe, transform),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=region_collate,
+            )
+            out = _predict(model, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
+            metrics = region_accuracy(
+                out["top"][:, 0], out["label"], out["area"], top5=out["top"], class_names=regions.class_names
+            )
+            if probe == "true":
+                entry["metrics"] = metrics
+            entry["probes"][probe] = dict(
+                description=PROBES[probe],
+                mean_class_accuracy=metrics["mean_class_accuracy"],
+                pooled_accuracy=metrics["pooled_accuracy"],
+                num_regions=metrics["num_regions"],
+            )
+        results["models"][spec] = entry
+    return results
+
+
+def _cell(value: float | None, count: int) -> str:
+    return "-" if value is None else f"{100 * value:.1f}% (n={count})"
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """The paper's Tables 1-4 shape: rows = size bins and all sizes, columns = models."""
+    models = list(results["models"])
+    parts = []
+    for key, title in (("mean_class_accuracy", "Mean accuracy per class"), ("pooled_accuracy", "Pooled accuracy")):
+        parts.append(f"**{title}** ({results['dataset']}, split {results['split']})\n")
+        parts.append("| region size (pixels) | " + " | ".join(f"`{m}`" for m in models) + " |")
+        parts.append("|---|" + "---:|" * len(models))
+        for index, name in enumerate(SIZE_BIN_NAMES):
+            bins = [results["models"][m]["metrics"]["size_bins"][index] for m in models]
+            if all(b["num_regions"] == 0 for b in bins):
+                continue
+            parts.append(f"| {name} | " + " | ".join(_cell(b[key], b["num_regions"]) for b in bins) + " |")
+        overall = [results["models"][m]["metrics"] for m in models]
+        parts.append("| **all sizes** | " + " | ".join(_cell(o[key], o["num_regions"]) for o in overall) + " |\n")
+    if any(len(results["models"][m]["probes"]) > 1 for m in models):
+        parts.append("**Mask probes** (pooled accuracy with the mask replaced)\n")
+        parts.append("| mask given | " + " | ".join(f"`{m}`" for m in models) + " |")
+        parts.append("|---|" + "---:|" * len(models))
+        for probe, description in PROBES.items():
+            cells = [results["models"][m]["probes"].get(probe) for m in models]
+            parts.append(
+                f"| {description} | "
+                + " | ".join("-" if c is None else _cell(c["pooled_accuracy"], c["num_regions"]) for c in cells)
+                + " |"
+            )
+    return "\n".join(parts) + "\n"
+
+
+def write_results(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
+    """``results.json``, ``results.md``, ``results.csv`` and ``accuracy_by_size.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown_tables(results))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "metric", "size_bin", "accuracy", "num_regions", "num_classes"])
+        for model, entry in results["models"].items():
+            for key in ("mean_class_accuracy", "pooled_accuracy"):
+                for row in [*entry["metrics"]["size_bins"], dict(entry["metrics"], bin="all")]:
+                    writer.writerow([model, key, row["bin"], row[key], row["num_regions"], row["num_classes"]])
+            for probe, values in entry["probes"].items():
+                writer.writerow([model, f"probe:{probe}", "all", values["pooled_accuracy"], values["num_regions"], ""])
+    plot_accuracy_by_size(results, out / "accuracy_by_size.png")
+    return [out / name for name in ("results.json", "results.md", "results.csv", "accuracy_by_size.png")]
+
+
+def plot_accuracy_by_size(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against ROI size, one line per model, per class and pooled side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for axis, key, title in zip(
+        axes, ("mean_class_accuracy", "pooled_accuracy"), ("mean accuracy per class", "pooled accuracy"), strict=True
+    ):
+        for model, entry in results["models"].items():
+            bins = entry["metrics"]["size_bins"]
+            xs = [i for i, b in enumerate(bins) if b[key] is not None]
+            axis.plot(xs, [100 * bins[i][key] for i in xs], marker="o", label=model)
+        axis.set_xticks(range(len(SIZE_BIN_NAMES)), SIZE_BIN_NAMES, rotation=45, ha="right", fontsize=8)
+        axis.set_xlabel("region size (pixels in the original image)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
