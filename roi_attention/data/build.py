@@ -145,6 +145,18 @@ class ImageResult:
     report: BuildReport
 
 
+def photo_result(
+    image_id: int, name: str, data: bytes, size: tuple[int, int], regions: list[dict[str, Any]], report: BuildReport
+) -> ImageResult:
+    """A photo's result: its ``images`` row with its kept regions, or skipped when none was kept."""
+    if not regions:
+        report.skip("image without a kept region", name)
+        return ImageResult(None, [], report)
+    width, height = size
+    row = dict(image_id=image_id, file_name=name, width=width, height=height, image={"bytes": data, "path": name})
+    return ImageResult(row, regions, report)
+
+
 class RegionSource(Protocol):
     """A source of photos and regions; picklable, so that worker processes can run it."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 from pycocotools.coco import COCO
 
-from .build import BuildReport, ImageResult, region_row
+from .build import BuildReport, ImageResult, photo_result, region_row
 from .labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
@@ -111,13 +111,7 @@ class CocoRegions:
             row = self._region(ann, width, height, report)
             if row is not None:
                 regions.append(row)
-        if not regions:
-            report.skip("image without a kept region", name)
-            return ImageResult(None, [], report)
-        image_row = dict(
-            image_id=image_id, file_name=name, width=width, height=height, image={"bytes": data, "path": name}
-        )
-        return ImageResult(image_row, regions, report)
+        return photo_result(image_id, name, data, (width, height), regions, report)
 
     def _region(self, ann: dict[str, Any], width: int, height: int, report: BuildReport) -> dict[str, Any] | None:
         ann_id = ann.get("id")

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .build import BuildReport, ImageResult, encode_mask, region_row
+from .build import BuildReport, ImageResult, encode_mask, photo_result, region_row
 from .coco import read_photo
 from .labels import OPENSURFACES_MATERIALS
 
@@ -80,10 +80,4 @@ class OpenSurfacesRegions:
                 region_id = image_id * 100_000 + len(regions)
                 row = region_row(region_id, image_id, int(value) - 1, encode_mask(components == component))
                 regions.append(row)
-        if not regions:
-            report.skip("image without a kept region", name)
-            return ImageResult(None, [], report)
-        image_row = dict(
-            image_id=image_id, file_name=name, width=width, height=height, image={"bytes": data, "path": name}
-        )
-        return ImageResult(image_row, regions, report)
+        return photo_result(image_id, name, data, (width, height), regions, report)
