@@ -77,13 +77,14 @@ class ProbeRegions(Dataset):
         )
 
 
-def _predict(model: torch.nn.Module, loader: DataLoader, accelerator: Any, desc: str) -> dict[str, np.ndarray]:
+def predict_loader(model: torch.nn.Module, loader: DataLoader, accelerator: Any, desc: str) -> dict[str, np.ndarray]:
+    """Top-5 classes, labels, areas and region ids of every region in ``loader``, gathered from all processes
+    without the padding ``accelerate`` adds to the last batch."""
     outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
-    k = min(5, model.num_classes)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
             logits = model(batch["pixel_values"].to(accelerator.device))
-            top = logits.topk(k, dim=-1).indices
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             gathered = accelerator.gather_for_metrics(
                 (top, batch["label"].to(top.device), batch["area"].to(top.device), batch["region_id"].to(top.device))
             )
@@ -124,7 +125,9 @@ def evaluate_models(
     if repeated:
         raise ValueError(f"model {repeated[0]} is given more than once")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    results: dict[str, Any] = dict(dataset=str(dataset), split=split, models={})
+    results: dict[str, Any] = dict(
+        dataset=str(dataset), split=split, num_processes=accelerator.num_processes, models={}
+    )
     for spec in models:
         model = load_model(spec, weights=weights)
         transform = eval_transform(timm.data.resolve_data_config({}, model=model))
@@ -143,7 +146,7 @@ def evaluate_models(
                 num_workers=num_workers,
                 collate_fn=region_collate,
             )
-            out = _predict(model, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
+            out = predict_loader(model, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
             metrics = region_accuracy(
                 out["top"][:, 0], out["label"], out["area"], top5=out["top"], class_names=regions.class_names
             )

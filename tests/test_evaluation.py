@@ -124,7 +124,7 @@ def test_eval_under_accelerate_launch_on_two_processes_gives_exact_totals(setup,
     command = [
         accelerate,
         "launch",
-        "--cpu",
+        "--multi_gpu",
         "--num_processes",
         "2",
         "--num_machines",
@@ -149,6 +149,7 @@ def test_eval_under_accelerate_launch_on_two_processes_gives_exact_totals(setup,
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "results.json").read_text())["models"][str(setup["model"])]["metrics"]
     two = json.loads((tmp_path / "two" / "results.json").read_text())["models"][str(setup["model"])]["metrics"]
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["num_processes"] == 2
     assert two["num_regions"] == one["num_regions"]  # 6 regions over 2 ranks x batch 2: padding removed
     assert two["confusion_matrix"] == one["confusion_matrix"]
     assert two["size_bins"] == one["size_bins"]

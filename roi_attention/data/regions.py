@@ -25,6 +25,8 @@ from .transforms import EmptyRegionError, pack
 def load_region_split(source: str | os.PathLike, split: str) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The ``regions`` and ``images`` tables of split ``split`` of a region dataset folder or Hub id."""
     folder = Path(source)
+    if not folder.is_dir() and (folder.is_absolute() or str(source).startswith(".") or str(source).count("/") != 1):
+        raise FileNotFoundError(f"dataset {source} does not exist: expected a region dataset folder or a Hub id")
     tables = []
     for config in (REGIONS, IMAGES):
         if folder.is_dir():
@@ -41,7 +43,7 @@ def load_region_split(source: str | os.PathLike, split: str) -> tuple[datasets.D
         else:
             try:
                 tables.append(datasets.load_dataset(str(source), config, split=split))
-            except ValueError as error:
+            except Exception as error:  # datasets raises many kinds for a missing repo, config or split
                 raise ValueError(f"{source} has no split {split!r} of a region dataset: {error}") from error
     regions, images = tables
     return regions, images.cast_column("image", datasets.Image(decode=False))

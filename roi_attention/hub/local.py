@@ -21,11 +21,13 @@ def save_model(
     directory: str | os.PathLike,
     label_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` to ``directory``; nothing pickled.
 
     The folder appears complete or not at all: it is written beside its destination, then renamed.
     ``label_names`` (one per class) go into the config; by default the model's own, if it has them.
+    ``extra_files`` (name -> text: a model card, results) are written beside them.
     """
     directory = Path(directory)
     if directory.exists() and not overwrite:
@@ -40,6 +42,8 @@ def save_model(
         model_config = {"label_names": list(label_names)} if label_names is not None else None
         save_for_hf(model, staging, model_config=model_config, safe_serialization=True)
         _check_saved(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

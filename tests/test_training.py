@@ -1,0 +1,202 @@
+"""Training: configs, two CPU processes against one, resuming after SIGKILL, config errors, what it leaves."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from roi_attention.data import CocoRegions, build_region_dataset
+from roi_attention.models import VARIANTS
+from roi_attention.training import DrawSampler, load_config
+from roi_attention.training.config import ConfigError
+
+from .data_fixtures import write_coco_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "train" / "train.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": tempfile.mkdtemp()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    fixture = write_coco_fixture(root / "src")
+    source = CocoRegions(fixture["images_dir"], fixture["annotations"], categories="file")
+    for split in ("train", "validation"):
+        build_region_dataset(source, root / "regions", split=split, progress=False)
+    return root / "regions"
+
+
+def _args(dataset, out, **overrides):
+    values = dict(
+        dataset=dataset,
+        output_dir=out,
+        model="roi_resnet18_add_l1",
+        pretrained="false",
+        max_steps=4,
+        batch_size=2,
+        image_size=64,
+        num_workers=0,
+        eval_every=100,
+        save_every=100,
+        log_every=1,
+        tracker="none",
+        seed=3,
+    )
+    values.update(overrides)
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def _train(dataset, out, launcher=None, **overrides):
+    command = [*(launcher or [sys.executable]), str(TRAIN), *_args(dataset, out, **overrides)]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
+def _accelerate(processes):
+    """`accelerate launch` for N processes. --multi_gpu selects torchrun; the script asks for the CPU, so the
+    processes run as MULTI_CPU with gloo (`--cpu` alone starts a single process)."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    mode = "--multi_gpu" if processes > 1 else "--cpu"
+    options = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no"]
+    return [accelerate, "launch", mode, *options, "--dynamo_backend", "no"]
+
+
+def _weights(out):
+    return load_file(str(Path(out) / "model" / "model.safetensors"))
+
+
+def test_every_paper_experiment_has_a_config_that_loads():
+    for dataset in ("coco", "opensurfaces"):
+        for variant in VARIANTS:
+            cfg = load_config(ROOT / "train" / "configs" / f"{dataset}_roi_resnet50_{variant}.yaml")
+            assert timm.is_model(cfg.model.split(".")[0]) and cfg.model.startswith(f"roi_resnet50_{variant}.")
+            assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule) == ("adam", 1e-5, 1e-5, "constant")
+            assert cfg.balanced_sampling and cfg.batch_size == 8
+    modern = load_config(ROOT / "train/configs/coco_roi_resnet50_add_l1.yaml", ["--recipe", "modern", "--lr", "3e-4"])
+    assert (modern.optimizer, modern.schedule, modern.label_smoothing, modern.lr) == ("adamw", "cosine", 0.1, 3e-4)
+
+
+def test_config_overrides_are_typed_and_unknown_keys_refused():
+    cfg = load_config(None, ["--max_steps", "7", "--freeze_backbone", "true", "--eval_split", "none", "--lr=0.5"])
+    assert cfg.max_steps == 7 and cfg.freeze_backbone is True and cfg.eval_split is None and cfg.lr == 0.5
+    with pytest.raises(ConfigError, match="unknown config key --learning_rate"):
+        load_config(None, ["--learning_rate", "1"])
+    with pytest.raises(ConfigError, match="--max_steps expects int"):
+        load_config(None, ["--max_steps", "many"])
+
+
+def test_the_draw_sampler_splits_one_sequence_across_ranks_and_resumes():
+    class Fake:
+        def __init__(self):
+            self.labels, self.regions = [0, 0, 1, 1, 2], {"image_id": [1, 1, 2, 3, 4]}
+
+    def take(sampler, n):
+        iterator = iter(sampler)
+        return [next(iterator) for _ in range(n)]
+
+    one = take(DrawSampler(Fake(), True, 5, 0, 1), 12)
+    ranks = [take(DrawSampler(Fake(), True, 5, r, 2), 6) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(one)
+    assert [d for d, _ in ranks[1]] == [1, 3, 5, 7, 9, 11]
+    assert take(DrawSampler(Fake(), True, 5, 0, 1, start_draw=4), 8) == one[4:]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
+    common = dict(freeze_bn="true", debug_rank_log="true", eval_split="none", max_steps=3)
+    two = _train(dataset, tmp_path / "two", launcher=[*_accelerate(2)], batch_size=2, **common)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _train(dataset, tmp_path / "one", batch_size=4, **common)
+    assert one.returncode == 0, one.stderr[-3000:]
+    logs = [
+        [json.loads(line) for line in (tmp_path / "two" / "debug" / f"rank{r}.jsonl").read_text().splitlines()]
+        for r in range(2)
+    ]
+    single = [json.loads(line) for line in (tmp_path / "one" / "debug" / "rank0.jsonl").read_text().splitlines()]
+    assert len(logs[0]) == len(logs[1]) == len(single) == 3
+    for step in range(3):
+        assert logs[0][step]["checksum"] == logs[1][step]["checksum"], "ranks hold different weights"
+        # each rank read its own share; together they read the single process's batch
+        assert Counter(logs[0][step]["region_ids"] + logs[1][step]["region_ids"]) == Counter(single[step]["region_ids"])
+    shares = [set(logs[r][s]["region_ids"]) for r in range(2) for s in range(3)]
+    assert any(len(s) > 0 for s in shares)
+    for key, value in _weights(tmp_path / "one").items():
+        assert torch.allclose(_weights(tmp_path / "two")[key], value, atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(dataset, tmp_path):
+    common = dict(max_steps=6, save_every=2, deterministic="true", num_workers=2, eval_split="none")
+    killed = _train(dataset, tmp_path / "run", debug_kill_at_step=5, **common)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "model").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    resumed = _train(dataset, tmp_path / "run", resume="latest", **common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr and "step 4" in resumed.stdout + resumed.stderr
+    straight = _train(dataset, tmp_path / "straight", **common)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = _weights(tmp_path / "run"), _weights(tmp_path / "straight")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_and_results(dataset, tmp_path):
+    run = _train(
+        dataset,
+        tmp_path / "out",
+        launcher=_accelerate(1),
+        eval_every=2,
+        save_every=2,
+        keep_checkpoints=1,
+        tracker="tensorboard",
+        model="roi_resnet18_mul_l1",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = tmp_path / "out" / "model"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "eval_results.json",
+        "model.safetensors",
+        "train_config.yaml",
+    ]
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert model.num_classes == 6 and model.pretrained_cfg["label_names"][0] == "person"
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results["models"]["roi_resnet18_mul_l1"]["metrics"]["num_regions"] == 6
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "timm" and "Evaluation" in card.text
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_00000002"]  # keep 1
+    assert list((tmp_path / "out" / "roi-attention").rglob("events.out.tfevents.*"))  # TensorBoard
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(model="roi_resnet18_nonsense"), "unknown model 'roi_resnet18_nonsense'"),
+        (dict(dataset="/nonexistent/regions"), "dataset /nonexistent/regions does not exist"),
+        (dict(num_classes=80), "num_classes is 80, the dataset has 6 classes"),
+        (dict(output_dir="/proc/not-writable"), "is not writable"),
+        (dict(optimizer="lion"), "optimizer must be one of"),
+        (dict(model="roi_resnet18_add_l1", pretrained="true"), "could not be loaded"),
+    ],
+)
+def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, message):
+    overrides = dict(overrides)
+    run = _train(overrides.pop("dataset", dataset), overrides.pop("output_dir", tmp_path / "out"), **overrides)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "model").exists()
