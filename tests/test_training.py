@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from accelerate.utils import set_seed
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -200,3 +201,28 @@ def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, 
     assert run.returncode == 2
     assert message in run.stderr
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "model").exists()
+
+
+@pytest.mark.slow
+def test_training_options_together_and_a_frozen_backbone_stays_frozen(dataset, tmp_path):
+    run = _train(
+        dataset,
+        tmp_path / "out",
+        max_steps=2,
+        grad_accum=2,
+        grad_checkpointing="true",
+        channels_last="true",
+        freeze_backbone="true",
+        mixed_precision="bf16",
+        eval_split="none",
+        recipe="modern",
+        lr=0.01,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    set_seed(3)  # the run's seed: the same random initialisation
+    initial = timm.create_model("roi_resnet18_add_l1", num_classes=6).state_dict()
+    trained = _weights(tmp_path / "out")
+    changed = {key for key in trained if not torch.equal(trained[key], initial[key])}
+    assert changed, "nothing trained"
+    assert all(key.startswith(("backbone.fc.", "roi_branch.")) for key in changed), sorted(changed)[:5]
+    assert any(key.startswith("roi_branch.") for key in changed)

@@ -9,7 +9,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from timm.models import save_for_hf
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
 WEIGHTS_NAME = "model.safetensors"
@@ -40,7 +41,9 @@ def save_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model_config = {"label_names": list(label_names)} if label_names is not None else None
-        save_for_hf(model, staging, model_config=model_config, safe_serialization=True)
+        # timm's save_for_hf, with contiguous tensors: safetensors refuses channels-last weights.
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS_NAME))
+        save_config_for_hf(model, str(staging / CONFIG_NAME), model_config=model_config)
         _check_saved(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
