@@ -109,8 +109,9 @@ def predict_regions(
     """The ``topk`` classes with probabilities for each mask of one photo, all masks in one batch."""
     batch = prepare_regions(photo, masks, timm.data.resolve_data_config({}, model=model))
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        probabilities = model(batch.to(device)).softmax(dim=-1).cpu()
+    with torch.inference_mode():  # the trunk before the first merge point runs once for all masks
+        logits = model.forward_regions(batch[0, :3].to(device), batch[:, 3].to(device))
+        probabilities = logits.softmax(dim=-1).cpu()
     names = label_names(model)
     top = probabilities.topk(min(topk, model.num_classes), dim=-1)
     return [

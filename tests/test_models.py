@@ -312,3 +312,34 @@ def test_mask_resize_modes_are_selectable_and_saved(mode, image, mask):
     assert model._model_args["mask_resize"] == mode
     with torch.no_grad():
         assert torch.isfinite(model(image, mask=mask)).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_regions_equals_one_batched_forward_per_mask(name):
+    model = make_model(name)
+    randomize_side_branch(model)
+    image = random_image(batch=1)[0]
+    masks = torch.zeros(4, SIZE, SIZE)
+    masks[0, 5:30, 10:40] = 1
+    masks[1, 40:60, 0:20] = 1
+    masks[2, 33, 17] = 1  # one pixel
+    masks[3] = 1
+    with torch.no_grad():
+        shared = model.forward_regions(image, masks)
+        batched = model(image.expand(4, -1, -1, -1), mask=masks)
+    assert shared.shape == (4, NUM_CLASSES)
+    assert torch.allclose(shared, batched, atol=1e-4, rtol=1e-4)  # same arithmetic, other batch layout
+
+
+def test_forward_regions_runs_the_trunk_once():
+    model = make_model("roi_resnet18_add_l3")
+    batch_sizes = {}
+    for name in ("layer1", "layer3", "layer4"):
+        model.backbone.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: batch_sizes.__setitem__(name, args[0].shape[0])
+        )
+    with torch.no_grad():
+        model.forward_regions(random_image(batch=1), torch.ones(6, 1, SIZE, SIZE))
+    assert batch_sizes == {"layer1": 1, "layer3": 1, "layer4": 6}
+    with pytest.raises(ValueError, match="one photo"):
+        model.forward_regions(random_image(batch=2), torch.ones(2, 1, SIZE, SIZE))

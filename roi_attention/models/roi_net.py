@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..data.labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..layers.crop import crop_to_roi
-from ..layers.mask import MASK_RESIZE_MODES, resize_mask, split_roi_input
+from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, resize_mask, split_roi_input
 from ..layers.merge import create_merge_layer
 
 __all__ = [
@@ -269,6 +269,8 @@ class RoiAttentionNet(nn.Module):
             raise RuntimeError(
                 "the ROI model's backbone ran without a mask: call the ROI model itself, not model.backbone"
             )
+        if output.shape[0] == 1 and mask.shape[0] > 1:  # forward_regions: the shared trunk ends here
+            output = output.expand(mask.shape[0], *output.shape[1:])
         return self.roi_branch[key](output, resize_mask(mask, output.shape[-2:], self.mask_resize))
 
     def split_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -302,6 +304,30 @@ class RoiAttentionNet(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits ``(B, num_classes)`` for the packed ``(B,4,H,W)`` input, or an image with ``mask=``."""
         return self.forward_head(self.forward_features(x, mask))
+
+    def forward_regions(self, image: Tensor, masks: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` for ``N`` regions of one photo: ``image`` ``(3,H,W)`` or ``(1,3,H,W)``,
+        ``masks`` ``(N,H,W)`` or ``(N,1,H,W)``.
+
+        Everything before the first merge point runs once for the photo and only the rest once per mask, so
+        many regions cost little (for ``_l3`` variants the trunk up to the stride-16 stage is shared). The
+        logits equal ``model(image.expand(N, ...), mask=masks)``.
+        """
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise RoiInputError(f"forward_regions takes one photo, (3,H,W) or (1,3,H,W), got {tuple(image.shape)}")
+        masks = masks.unsqueeze(1) if masks.ndim == 3 else masks
+        count = masks.shape[0]
+        if count == 0:
+            raise RoiInputError("forward_regions got no masks")
+        image, masks = self.split_input(image.expand(count, *image.shape[1:]), masks)
+        if not self.merge_points:
+            if self.variant.merge is None and not self.variant.crop:  # full: the mask is ignored
+                return self.forward_head(self.backbone.forward_features(image[:1])).expand(count, -1)
+            return self.forward(image, mask=masks)  # the mask changes the input itself: nothing to share
+        features = self._run_with_mask(masks, self.backbone.forward_features, image[:1])
+        return self.forward_head(features)
 
     def forward_intermediates(
         self,
