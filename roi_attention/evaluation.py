@@ -77,13 +77,34 @@ class ProbeRegions(Dataset):
         )
 
 
+def region_logits(model: torch.nn.Module, pixels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a batch of packed regions; the regions of one photo share its trunk (``forward_regions``)."""
+    net = getattr(model, "module", model)
+    net = getattr(net, "_orig_mod", net)
+    if not hasattr(net, "forward_regions"):
+        return model(pixels)
+    logits = []
+    start = 0
+    while start < len(image_ids):
+        end = start + 1
+        while (
+            end < len(image_ids)
+            and image_ids[end] == image_ids[start]
+            and torch.equal(pixels[end, :3], pixels[start, :3])
+        ):
+            end += 1
+        logits.append(net.forward_regions(pixels[start, :3], pixels[start:end, 3]))
+        start = end
+    return torch.cat(logits)
+
+
 def predict_loader(model: torch.nn.Module, loader: DataLoader, accelerator: Any, desc: str) -> dict[str, np.ndarray]:
     """Top-5 classes, labels, areas and region ids of every region in ``loader``, gathered from all processes
     without the padding ``accelerate`` adds to the last batch."""
     outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-            logits = model(batch["pixel_values"].to(accelerator.device))
+            logits = region_logits(model, batch["pixel_values"].to(accelerator.device), batch["image_id"])
             top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             gathered = accelerator.gather_for_metrics(
                 (top, batch["label"].to(top.device), batch["area"].to(top.device), batch["region_id"].to(top.device))
