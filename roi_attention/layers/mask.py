@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -91,20 +92,16 @@ def _raise_for_mask_range(low: float, high: float) -> None:
 
 
 def _check_values(image: Tensor, mask: Tensor) -> None:
-    # One device sync for all checks.
-    stats = torch.stack(
-        [
-            (~torch.isfinite(image)).sum().to(mask.dtype),
-            (~torch.isfinite(mask)).sum().to(mask.dtype),
-            mask.amin() if mask.numel() else mask.new_zeros(()),
-            mask.amax() if mask.numel() else mask.new_zeros(()),
-        ]
-    ).tolist()
-    bad_image, bad_mask, low, high = stats
-    if bad_image:
-        raise RoiInputError(f"the image holds {int(bad_image)} NaN or infinite values")
-    if bad_mask:
-        raise RoiInputError(f"the mask holds {int(bad_mask)} NaN or infinite values")
+    # One pass over each tensor and one device sync; details are computed only when something is wrong.
+    # A NaN or infinity anywhere makes the sum non-finite (so does a sum beyond float range: then it is counted).
+    low, high = torch.aminmax(mask) if mask.numel() else (mask.new_zeros(()), mask.new_zeros(()))
+    image_sum, low, high = torch.stack([image.sum(dtype=torch.float32), low.float(), high.float()]).tolist()
+    if not math.isfinite(image_sum):
+        bad = int((~torch.isfinite(image)).sum())
+        if bad:
+            raise RoiInputError(f"the image holds {bad} NaN or infinite values")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise RoiInputError(f"the mask holds {int((~torch.isfinite(mask)).sum())} NaN or infinite values")
     _raise_for_mask_range(low, high)
 
 
