@@ -16,3 +16,84 @@ def test_dataset_build_memory_benchmark_runs():
         check=True,
     )
     assert re.search(r"peak RSS ratio 12/4 photos: \d+\.\d{3}", result.stdout), result.stdout
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_roi_overhead_benchmark_runs():
+    out = _run(
+        "roi_overhead.py",
+        "--backbone",
+        "resnet18",
+        "--size",
+        "64",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--variants",
+        "add_l1",
+        "crop",
+    )
+    assert re.search(r"^add_l1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+
+
+def test_many_regions_benchmark_runs_and_checks_the_logits():
+    out = _run(
+        "many_regions.py",
+        "--backbone",
+        "resnet18",
+        "--size",
+        "64",
+        "--counts",
+        "1",
+        "4",
+        "--repeats",
+        "1",
+        "--variants",
+        "add_l3",
+        "full",
+    )
+    assert re.search(r"^add_l3 +4 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+
+
+def test_author_vs_project_benchmark_runs():
+    out = _run("author_vs_project.py", "--model", "roi_resnet18_add_l3", "--repeats", "1")
+    assert "skipped" in out or "same predictions: True" in out, out
+
+
+def test_data_loading_benchmark_runs():
+    out = _run(
+        "data_loading.py",
+        "--photos",
+        "4",
+        "--photo-size",
+        "160",
+        "--model",
+        "roi_resnet18_add_l1",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+    )
+    assert re.search(r"headroom [\d.]+x", out), out
+
+
+def test_scaling_benchmark_runs():
+    out = _run(
+        "scaling.py",
+        "--model",
+        "roi_resnet18_add_l1",
+        "--batches",
+        "1",
+        "--sizes",
+        "64",
+        "--repeats",
+        "1",
+        "--no-compile",
+    )
+    assert re.search(r"^ +1 +64 +[\d.]+ +[\d.]+ +[\d.]+%$", out, re.M) and "bf16 autocast" in out, out

@@ -79,7 +79,7 @@ class RegionDataset(Dataset):
         """The ``(H,W,3)`` uint8 photo and its file name (EXIF orientation as stored: COCO ignores EXIF)."""
         row = self.images[self.row_of_image[image_id]]
         with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
-            return np.asarray(image.convert("RGB")), row["file_name"]
+            return np.array(image.convert("RGB")), row["file_name"]  # a writable copy for torch
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Photo, ``(H,W)`` 0/1 mask and row of region ``index``, untransformed."""
