@@ -109,6 +109,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         paths = write_results(results, args.out)
         print(markdown_tables(results))
         print("wrote " + ", ".join(str(p) for p in paths))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: a process exiting with it alive aborts
     return 0
 
 

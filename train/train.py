@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = resolve_resume(cfg.output_dir, cfg.resume)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as error:
         print(f"train.py: {error}", file=sys.stderr)
+        accelerator.end_training()  # a process exiting with its process group alive aborts
         return 2
     data_config = timm.data.resolve_data_config({}, model=model)
     if cfg.image_size:
