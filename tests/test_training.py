@@ -129,8 +129,6 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(dataset, tmp_pat
         assert logs[0][step]["checksum"] == logs[1][step]["checksum"], "ranks hold different weights"
         # each rank read its own share; together they read the single process's batch
         assert Counter(logs[0][step]["region_ids"] + logs[1][step]["region_ids"]) == Counter(single[step]["region_ids"])
-    shares = [set(logs[r][s]["region_ids"]) for r in range(2) for s in range(3)]
-    assert any(len(s) > 0 for s in shares)
     for key, value in _weights(tmp_path / "one").items():
         assert torch.allclose(_weights(tmp_path / "two")[key], value, atol=1e-5, rtol=1e-4), key
 
