@@ -38,11 +38,9 @@ def _cmd_convert_lite0(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from timm.data import ImageNetInfo, resolve_data_config
-
-    from .data.transforms import prepare_regions
     from .examples import coffee_example
     from .hub import convert_efficientnet_lite0
+    from .predict import predict_regions
 
     names = timm.list_models("roi_*")
     print(f"{len(names)} ROI models are registered with timm (roi-attention models lists them), e.g.:")
@@ -52,21 +50,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights))).eval()
     print(f"\n{args.model}: real ImageNet EfficientNet-Lite0 weights from {weights}")
     photo, masks = coffee_example()
-    batch = prepare_regions(photo, list(masks.values()), resolve_data_config({}, model=model))
-    with torch.inference_mode():
-        probabilities = model(batch).softmax(dim=-1)
-    info = ImageNetInfo()
     print(f"photo: scikit-image coffee() {photo.shape[1]}x{photo.shape[0]}; regions: {', '.join(masks)}")
-    for region, probs in zip(masks, probabilities, strict=True):
-        top = probs.topk(args.topk)
-        labels = ", ".join(
-            f"{info.index_to_description(int(i))} {float(p):.1%}" for p, i in zip(top.values, top.indices, strict=True)
-        )
-        print(f"  {region:6s} -> {labels}")
+    for region, prediction in zip(masks, predict_regions(model, photo, list(masks.values()), args.topk), strict=True):
+        print(f"  {region:6s} -> " + ", ".join(f"{p['label']} {p['probability']:.1%}" for p in prediction))
     print(
         "\nThe side branch is still at its zero-effect initialisation, so this model ignores the mask: every\n"
         "region gets the whole photo's ImageNet prediction. A model trained on regions (COCO, OpenSurfaces)\n"
-        "names what is inside each mask; training arrives with the training issue."
+        "names what is inside each mask: train one with train/train.py (see train/README.md)."
     )
     return 0
 

@@ -13,12 +13,11 @@ import numpy as np
 import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
 from .data.regions import RegionDataset, region_collate
 from .data.size_bins import SIZE_BIN_NAMES
-from .data.transforms import eval_transform, pack
+from .data.transforms import eval_transform
 from .hub.load import load_model
 from .metrics import region_accuracy
 
@@ -36,10 +35,10 @@ class ProbeRegions(Dataset):
     ``other_region`` keeps only regions whose photo has another region, and gives them the next one's mask.
     """
 
-    def __init__(self, regions: RegionDataset, probe: str, transform: Any) -> None:
+    def __init__(self, regions: RegionDataset, probe: str) -> None:
         if probe not in PROBES:
             raise ValueError(f"unknown probe {probe!r}, expected one of {tuple(PROBES)}")
-        self.regions, self.probe, self.transform = regions, probe, transform
+        self.regions, self.probe = regions, probe
         self.indices = list(range(len(regions)))
         self.partner: dict[int, int] = {}
         if probe == "other_region":
@@ -65,16 +64,7 @@ class ProbeRegions(Dataset):
             mask = np.ones_like(mask)
         else:
             mask = self.regions.raw(self.partner[index])[1]
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
-        image, mask_tv = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)[None]))
-        return dict(
-            pixel_values=pack(image.as_subclass(torch.Tensor), mask_tv.as_subclass(torch.Tensor))[0],
-            label=region["label"],
-            area=region["area"],
-            size_bin=region["size_bin"],
-            region_id=region["region_id"],
-            image_id=region["image_id"],
-        )
+        return self.regions.item(photo, mask, region, allow_empty=True)
 
 
 def region_logits(model: torch.nn.Module, pixels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
@@ -154,15 +144,14 @@ def evaluate_models(
         transform = eval_transform(timm.data.resolve_data_config({}, model=model))
         regions = RegionDataset(dataset, split, transform=transform)
         check_classes(model, regions.class_names, spec)
-        if limit is not None:
-            regions.regions = regions.regions.select(range(min(limit, len(regions.regions))))
+        regions.limit(limit)
         model = accelerator.prepare_model(model, evaluation_mode=True)
         entry: dict[str, Any] = dict(
             architecture=model.pretrained_cfg.get("architecture"), num_classes=model.num_classes, probes={}
         )
         for probe in PROBES if probes else ("true",):
             loader = DataLoader(
-                ProbeRegions(regions, probe, transform),
+                ProbeRegions(regions, probe),
                 batch_size=batch_size,
                 num_workers=num_workers,
                 collate_fn=region_collate,

@@ -97,8 +97,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 def evaluate(model, eval_set, cfg, accelerator) -> dict:
     model.eval()
-    if cfg.eval_limit is not None:
-        eval_set.regions = eval_set.regions.select(range(min(cfg.eval_limit, len(eval_set.regions))))
+    eval_set.limit(cfg.eval_limit)
     loader = DataLoader(eval_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=region_collate)
     out = predict_loader(model, accelerator.prepare_data_loader(loader), accelerator, "evaluating")
     set_train_mode(model, cfg)

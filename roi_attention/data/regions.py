@@ -88,14 +88,20 @@ class RegionDataset(Dataset):
         return photo, decode_mask(region["mask"]), region
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        photo, mask, region = self.raw(index)
+        return self.item(*self.raw(index))
+
+    def item(
+        self, photo: np.ndarray, mask: np.ndarray, region: dict[str, Any], allow_empty: bool = False
+    ) -> dict[str, Any]:
+        """The item of ``region`` for a photo and a mask (its own, or another for a probe), transformed.
+        An empty mask after the transform raises ``EmptyRegionError`` unless ``allow_empty``."""
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
         mask_tv = tv_tensors.Mask(torch.from_numpy(mask)[None])
         if self.transform is not None:
             image, mask_tv = self.transform(image, mask_tv)
         else:
             image = image.float() / 255
-        if not bool(mask_tv.any()):
+        if not allow_empty and not bool(mask_tv.any()):
             raise EmptyRegionError(
                 f"region {region['region_id']} of image {region['image_id']} ({self.source}, {self.split}) "
                 "has an empty mask after the transform"
@@ -108,6 +114,11 @@ class RegionDataset(Dataset):
             region_id=region["region_id"],
             image_id=region["image_id"],
         )
+
+    def limit(self, count: int | None) -> None:
+        """Keep only the first ``count`` regions (all when None): a quick look at a large split."""
+        if count is not None:
+            self.regions = self.regions.select(range(min(count, len(self.regions))))
 
 
 class ClassBalancedSampler(Sampler[int]):
