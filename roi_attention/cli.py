@@ -11,6 +11,7 @@ import timm
 import torch
 
 from . import models  # noqa: F401  (registers the models)
+from .hub.publish import HubPublishError
 from .layers import RoiInputError
 from .models import PretrainedWeightsError
 
@@ -72,10 +73,64 @@ def _cmd_build_dataset(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"dataset: {args.out} (datasets.load_dataset('{args.out}', 'regions', split='{args.split}'))")
     if args.push_to_hub:
-        from huggingface_hub import HfApi
+        from .hub import publish
 
-        HfApi().upload_folder(folder_path=args.out, repo_id=args.push_to_hub, repo_type="dataset")
-        print(f"pushed to the Hub: {args.push_to_hub}")
+        print(f"published to the Hub: {publish(args.out, args.push_to_hub, repo_type='dataset')}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import publish
+
+    folder, repo_type = (args.model_dir, "model") if args.model_dir else (args.dataset_dir, "dataset")
+    url = publish(
+        folder,
+        args.repo_id,
+        repo_type=repo_type,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"published {folder} as {repo_type} {args.repo_id}: {url}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .hub import check_model_folder, write_model_card
+    from .hub.cards import RESULTS_NAME
+
+    check_model_folder(args.model_dir)
+    if args.results:
+        shutil.copyfile(args.results, Path(args.model_dir) / RESULTS_NAME)
+    print(f"wrote {write_model_card(args.model_dir, repo_id=args.repo_id)}")
+    return 0
+
+
+def _cmd_convert_original(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.labels import COCO_CLASSES
+    from .hub import convert_original_checkpoint
+
+    names = None
+    if args.labels == "coco":
+        names = list(COCO_CLASSES)
+    elif args.labels:
+        names = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    folder = convert_original_checkpoint(
+        args.checkpoint,
+        args.variant,
+        args.num_classes,
+        args.out,
+        channel_order=args.channel_order,
+        label_names=names,
+        mask_resize=args.mask_resize,
+        overwrite=args.overwrite,
+    )
+    print(f"converted model: {folder} (timm.create_model('local-dir:{folder}', pretrained=True))")
     return 0
 
 
@@ -203,6 +258,43 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", help="safetensors weights for a registered model name")
     predict.set_defaults(run=_cmd_predict)
 
+    push = commands.add_parser("push", help="publish a saved model or a region dataset on the Hub (HF_ENDPOINT)")
+    what = push.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model-dir", help="a saved model folder (config.json, model.safetensors, card)")
+    what.add_argument("--dataset-dir", help="a region dataset folder built by build-dataset")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    push.add_argument("--commit-message", default=None)
+    push.set_defaults(run=_cmd_push)
+
+    card = commands.add_parser("card", help="render the model card of a saved model folder into its README.md")
+    card.add_argument("--model-dir", required=True)
+    card.add_argument("--results", help="results.json of `roi-attention eval` on this model alone, to include")
+    card.add_argument("--repo-id", help="the Hub id the card's code loads from (default: the folder)")
+    card.set_defaults(run=_cmd_card)
+
+    original = commands.add_parser("convert-original", help="convert one of the paper author's checkpoints")
+    original.add_argument("--checkpoint", required=True, help="the author's torch.save state dict")
+    original.add_argument("--variant", required=True, help="add_l1, mul_l1, add_l3, mul_l3, add_all, mul_all, ...")
+    original.add_argument("--num-classes", type=int, required=True)
+    original.add_argument("--out", required=True, help="folder for the converted model")
+    original.add_argument(
+        "--channel-order",
+        choices=["auto", "rgb", "bgr"],
+        default="auto",
+        help="the original's input channel order (auto: BGR for the 2022 COCO model with Attentionlayer)",
+    )
+    original.add_argument("--labels", help="'coco' for the 80 COCO classes, or a file with one class name per line")
+    original.add_argument(
+        "--mask-resize",
+        choices=["bilinear", "max", "area"],
+        default="bilinear",
+        help="bilinear: the original's predictions; max: tiny regions reach every merge point",
+    )
+    original.add_argument("--overwrite", action="store_true")
+    original.set_defaults(run=_cmd_convert_original)
+
     demo = commands.add_parser("demo", help="run an ROI model with real ImageNet weights on an example photo")
     demo.add_argument("--model", default="roi_tf_efficientnet_lite0_add_l1")
     demo.add_argument("--topk", type=int, default=3)
@@ -218,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (PretrainedWeightsError, RoiInputError, ImportError, OSError, ValueError) as error:
+    except (PretrainedWeightsError, HubPublishError, RoiInputError, ImportError, OSError, ValueError) as error:
         print(f"roi-attention: {error}", file=sys.stderr)
         return 2
 

@@ -167,6 +167,7 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
     folder = tmp_path / "out" / "model"
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md",
+        "accuracy_by_size.png",
         "config.json",
         "eval_results.json",
         "model.safetensors",
@@ -176,8 +177,27 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
     assert model.num_classes == 6 and model.pretrained_cfg["label_names"][0] == "person"
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["models"]["roi_resnet18_mul_l1"]["metrics"]["num_regions"] == 6
+    metrics = results["models"]["roi_resnet18_mul_l1"]["metrics"]
     card = ModelCard.load(folder / "README.md")
-    assert card.data.library_name == "timm" and "Evaluation" in card.text
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert card.data.license == "bsd-3-clause" and "roi-mul_l1" in card.data.tags
+    # The model-index the Hub reads: every accuracy, overall and per size bin, exactly as measured.
+    expected = {
+        "Mean accuracy per class": metrics["mean_class_accuracy"],
+        "Pooled accuracy": metrics["pooled_accuracy"],
+    }
+    for row in metrics["size_bins"]:
+        for key, title in (("mean_class_accuracy", "Mean accuracy per class"), ("pooled_accuracy", "Pooled accuracy")):
+            if row[key] is not None:
+                expected[f"{title}, ROI {row['bin']} px"] = row[key]
+    parsed = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert parsed == expected and len(expected) > 2
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
+    assert {r.task_type for r in card.data.eval_results} == {"image-classification"}
+    # The body: where the mask merges, the recipe as trained, the plot, and no paper column for foreign classes.
+    assert "| `backbone.conv1` | 64 |" in card.text and "| max_steps | 4 |" in card.text
+    assert "![Accuracy by ROI size](accuracy_by_size.png)" in card.text
+    assert "paper, ResNet50" not in card.text and "arXiv:1812.00291" in card.text
     assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_00000002"]  # keep 1
     assert list((tmp_path / "out" / "roi-attention").rglob("events.out.tfevents.*"))  # TensorBoard
 

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from roi_attention.data import RegionDataset, eval_transform, region_collate, train_transform
-from roi_attention.evaluation import markdown_tables, predict_loader
-from roi_attention.hub import save_model
+from roi_attention.evaluation import predict_loader
+from roi_attention.hub import HubPublishError, publish, save_model
 from roi_attention.metrics import region_accuracy
 from roi_attention.models import PretrainedWeightsError
 from roi_attention.training import (
@@ -104,25 +104,6 @@ def evaluate(model, eval_set, cfg, accelerator) -> dict:
     return region_accuracy(
         out["top"][:, 0], out["label"], out["area"], top5=out["top"], class_names=eval_set.class_names
     )
-
-
-def model_card(cfg: TrainConfig, results: dict | None, steps: int) -> str:
-    body = [
-        "---",
-        "library_name: timm",
-        "pipeline_tag: image-classification",
-        "tags: [roi-attention, region-classification]",
-        "---",
-        "",
-        f"# {cfg.model} fine-tuned on regions of {cfg.dataset}",
-        "",
-        f"Trained with roi-attention for {steps} steps (recipe `{cfg.recipe}`, see `train_config.yaml`).",
-        "Inputs: a normalised photo and a binary mask of the region to classify (packed as 4 channels).",
-        "",
-    ]
-    if results is not None:
-        body += ["## Evaluation (measured for these weights)", "", markdown_tables(results)]
-    return "\n".join(body) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,20 +242,24 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
-        extra = {
-            "train_config.yaml": (Path(cfg.output_dir) / "train_config.yaml").read_text(),
-            "README.md": model_card(cfg, results, progress.step),
-        }
+        extra = {"train_config.yaml": (Path(cfg.output_dir) / "train_config.yaml").read_text()}
         if results is not None:
             extra["eval_results.json"] = json.dumps(results, indent=2)
-        folder = save_model(unwrapped, Path(cfg.output_dir) / "model", overwrite=True, extra_files=extra)
+        folder = Path(cfg.output_dir) / "model"
+        try:
+            save_model(unwrapped, folder, overwrite=True, extra_files=extra, card=True)
+        except Exception as error:  # the weights matter more than their card
+            save_model(unwrapped, folder, overwrite=True, extra_files=extra)
+            accelerator.print(f"the model card could not be rendered ({error}); `roi-attention card` retries")
         accelerator.print(f"model: {folder} (timm.create_model('local-dir:{folder}', pretrained=True))")
         if cfg.push_to_hub:
-            from huggingface_hub import HfApi
-
-            HfApi().create_repo(cfg.push_to_hub, exist_ok=True)
-            HfApi().upload_folder(folder_path=str(folder), repo_id=cfg.push_to_hub)
-            accelerator.print(f"pushed to the Hub: {cfg.push_to_hub}")
+            try:
+                url = publish(folder, cfg.push_to_hub)
+            except (HubPublishError, ValueError) as error:
+                accelerator.print(f"train.py: the model is saved in {folder} but was not published: {error}")
+                accelerator.end_training()
+                return 1
+            accelerator.print(f"published to the Hub: {url}")
     accelerator.end_training()
     return 0
 

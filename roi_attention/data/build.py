@@ -24,7 +24,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from huggingface_hub.repocard import metadata_load
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
@@ -269,15 +268,19 @@ def build_region_dataset(
                 bar.update(len(job[-1]))
         bar.close()
         (staging / f"build_report.{split}.json").write_text(json.dumps(report.to_dict(), indent=2))
-        _publish(staging, out, split, source.class_names, existing)
+        _publish(staging, out, split, source, existing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
-def _publish(staging: Path, out: Path, split: str, class_names: Sequence[str], existing: dict[str, Any] | None) -> None:
+def _publish(staging: Path, out: Path, split: str, source: RegionSource, existing: dict[str, Any] | None) -> None:
     splits = sorted(set(existing["splits"] if existing else []) | {split})
-    (staging / "README.md").write_text(dataset_readme(splits, class_names))
+    source_text = describe_source(source)
+    if existing and existing.get("source") and existing["source"] != source_text:
+        source_text = f"{existing['source']} Split {split}: {source_text}"
+    metadata = dataset_metadata(splits, source.class_names, source_text)
+    write_dataset_card(staging, metadata, {name: staging if name == split else out for name in splits}, str(out))
     if existing is None:
         if out.exists():
             out.rmdir()  # empty, checked before building
@@ -292,8 +295,14 @@ def _publish(staging: Path, out: Path, split: str, class_names: Sequence[str], e
     os.replace(staging / "README.md", out / "README.md")  # last: it declares the split
 
 
-def dataset_readme(splits: Sequence[str], class_names: Sequence[str]) -> str:
-    """The README whose front matter lets ``load_dataset(folder, "regions", split=...)`` read the folder."""
+def describe_source(source: RegionSource) -> str:
+    """One sentence on where a source's photos and regions come from, for the dataset card."""
+    return getattr(source, "description", "") or f"Built from a {type(source).__name__} source."
+
+
+def dataset_metadata(splits: Sequence[str], class_names: Sequence[str], source: str = "") -> dict[str, Any]:
+    """The card's front matter: the configs that let ``load_dataset(folder, "regions", split=...)`` read the
+    folder, and what roi-attention needs (class names, splits, source)."""
     configs = [
         {
             "config_name": config,
@@ -302,14 +311,20 @@ def dataset_readme(splits: Sequence[str], class_names: Sequence[str]) -> str:
         }
         for config in (REGIONS, IMAGES)
     ]
-    metadata = {"configs": configs, "roi_attention": {"class_names": list(class_names), "splits": list(splits)}}
-    body = (
-        "# Region dataset\n\n"
-        "Built by roi-attention. Config `regions`: one row per region (label, area in original pixels, box\n"
-        "`[x, y, w, h]`, the paper's size bin, compressed COCO RLE mask, image and region ids). Config `images`:\n"
-        "every photo once, its original file bytes. Read it with `roi_attention.data.RegionDataset`.\n"
-    )
-    return f"---\n{yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)}---\n\n{body}"
+    info = {"class_names": list(class_names), "splits": list(splits), "source": source}
+    return {"configs": configs, "roi_attention": info}
+
+
+def write_dataset_card(folder: Path, metadata: dict[str, Any], split_folders: dict[str, Path], load_name: str) -> Path:
+    """Render the dataset card into ``folder/README.md``; each split's parquet is read from ``split_folders``;
+    ``load_name`` is the dataset's folder or Hub id."""
+    from ..hub.cards import render_dataset_card, split_statistics
+
+    num_classes = len(metadata["roi_attention"]["class_names"])
+    statistics = [split_statistics(path, name, num_classes) for name, path in split_folders.items()]
+    card = render_dataset_card(metadata, statistics, load_name, pretty_name=Path(load_name).name)
+    (folder / "README.md").write_text(str(card), encoding="utf-8")
+    return folder / "README.md"
 
 
 def read_dataset_info(folder: Path) -> dict[str, Any] | None:

@@ -65,6 +65,14 @@ class CocoRegions:
             raise ValueError(f"categories must be 'coco80' or 'file', got {self.categories!r}")
         self.label_of = {cat_id: index for index, cat_id in enumerate(self.category_ids)}
 
+    @property
+    def description(self) -> str:
+        crowd = "crowd annotations kept" if self.keep_crowd else "crowd annotations skipped"
+        classes = "the 80 standard COCO classes" if self.categories == "coco80" else "the file's own categories"
+        return (
+            f"COCO-format instances from `{self.annotations.name}`, one region per instance mask, {classes}, {crowd}."
+        )
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_coco": None}  # each worker indexes the file itself
 

@@ -40,6 +40,13 @@ class OpenSurfacesRegions:
         if self.min_area < 1:
             raise ValueError(f"min_area must be at least 1 pixel, got {self.min_area}")
 
+    @property
+    def description(self) -> str:
+        return (
+            "OpenSurfaces label maps in the paper author's format (pixel value = material index, 0 = unlabelled), "
+            f"one region per 8-connected component of one material of at least {self.min_area} pixels."
+        )
+
     def tasks(self, report: BuildReport) -> list[tuple[int, str]]:
         photos = sorted(p.name for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return list(enumerate(photos))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,35 @@ def load_model(spec: str, weights: str | None = None, **kwargs: Any) -> RoiAtten
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-    if name.startswith("local-dir:") and not (Path(name.split(":", 1)[1]) / "config.json").is_file():
-        raise FileNotFoundError(f"{name.split(':', 1)[1]} holds no config.json: not a saved model folder")
+    if name.startswith(("local-dir:", "hf-hub:")):
+        _check_architecture(name)
     model = timm.create_model(name, pretrained=True, **kwargs)
     if not isinstance(model, RoiAttentionNet):
         raise ValueError(f"{spec} is a {type(model).__name__}, not an ROI model (roi_* architectures)")
     return model.eval()
+
+
+def _check_architecture(name: str) -> None:
+    """Refuse a folder or Hub repo whose config.json names an architecture this installation does not have."""
+    kind, location = name.split(":", 1)
+    if kind == "local-dir":
+        path = Path(location) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{location} holds no config.json: not a saved model folder")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = location.partition("@")
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision or None))
+    try:
+        architecture = json.loads(path.read_text()).get("architecture")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the config.json of {location} is not valid JSON: {error}") from error
+    if not architecture or not is_model(split_model_name_tag(architecture)[0]):
+        raise ValueError(
+            f"the config.json of {location} names architecture {architecture!r}, which is not registered here: "
+            "it needs a roi-attention version that has it (`roi-attention models` lists this one's)"
+        )
 
 
 def label_names(model: RoiAttentionNet) -> list[str]:

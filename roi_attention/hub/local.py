@@ -23,12 +23,15 @@ def save_model(
     label_names: Sequence[str] | None = None,
     overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
+    card: bool = False,
+    repo_id: str | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` to ``directory``; nothing pickled.
 
     The folder appears complete or not at all: it is written beside its destination, then renamed.
     ``label_names`` (one per class) go into the config; by default the model's own, if it has them.
-    ``extra_files`` (name -> text: a model card, results) are written beside them.
+    ``extra_files`` (name -> text: ``eval_results.json``, ``train_config.yaml``) are written beside them; with
+    ``card`` the model card is rendered from them into ``README.md`` (its code loads from ``repo_id`` if given).
     """
     directory = Path(directory)
     if directory.exists() and not overwrite:
@@ -47,6 +50,10 @@ def save_model(
         _check_saved(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        if card:
+            from .cards import write_model_card
+
+            write_model_card(staging, repo_id=repo_id, location=directory)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

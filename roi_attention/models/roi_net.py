@@ -472,6 +472,8 @@ def _weights_error_message(name: str, model: RoiAttentionNet, error: Exception) 
     ]
     if full_name != backbone_tag:
         alternatives.insert(0, f"'{backbone_tag}' for the ImageNet backbone with the side branch at its init")
+    if "safetensor" in type(error).__name__.lower() or "deserializ" in str(error).lower():
+        source = f"{source} (the weights file is truncated or not a safetensors file)"
     if cfg.get("hf_hub_id") and not cfg.get("file") and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         source = f"{source} (HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
     return (

@@ -1,0 +1,297 @@
+"""The Hub, for real, on loopback: pushes go through huggingface_hub to the upload server in hub_server.py,
+pulls come from olah serving the same git repositories. Processes that talk to them run with HF_ENDPOINT set
+and HF_HUB_OFFLINE=0; this test process stays offline."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from roi_attention.data import CocoRegions, RegionDataset, build_region_dataset
+from roi_attention.evaluation import evaluate_models
+from roi_attention.hub import check_model_folder, publish, save_model, write_model_card
+from roi_attention.hub.cards import RESULTS_NAME
+from roi_attention.models import VARIANTS
+
+from .data_fixtures import write_coco_fixture
+from .hub_server import OlahMirror, UploadHub, commit_files, free_port, git, hub_env
+
+ORG = "roi-attention"
+PAPER_VARIANTS = [name for name, variant in VARIANTS.items() if variant.merge]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    mirrors = root / "mirrors"
+    mirrors.mkdir()
+    upload = UploadHub(mirrors)
+    olah = OlahMirror(root, mirrors)
+    yield dict(root=root, mirrors=mirrors, upload=upload, olah=olah)
+    upload.close()
+    olah.close()
+
+
+def run_python(code: str, endpoint: str, cache: Path, cwd: Path | None = None, offline: bool = False):
+    env = hub_env(endpoint, cache)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
+
+
+def run_cli(args: list[str], endpoint: str, cache: Path):
+    command = [sys.executable, "-m", "roi_attention.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=hub_env(endpoint, cache), timeout=600)
+
+
+def last_json(run) -> dict:
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def saved_model(folder: Path, name: str, seed: int, **kwargs) -> Path:
+    """A model with every weight random (so that a wrong tensor shows), saved as a folder."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **kwargs)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.05)
+    return save_model(model, folder, overwrite=True)
+
+
+def test_every_variant_round_trips_through_hf_hub_ids_registry_tags_and_the_offline_cache(hub, tmp_path):
+    local = {}
+    for variant in VARIANTS:  # every variant, by its hf-hub id
+        name = f"roi_resnet18_{variant}"
+        local[f"hf-hub:{ORG}/{name}"] = saved_model(tmp_path / name, name, seed=len(local), num_classes=3)
+    for variant in PAPER_VARIANTS:  # the registry tags whose hf_hub_id points at the org
+        name = f"roi_resnet50_{variant}"
+        local[f"{name}.coco"] = saved_model(tmp_path / name, name, seed=len(local), num_classes=80)
+    pushes = {
+        str(folder): spec.split(":", 1)[1] if spec.startswith("hf-hub:") else f"{ORG}/{spec}"
+        for spec, folder in local.items()
+    }
+    push = run_python(
+        f"""
+        import json
+        from roi_attention.hub import publish
+        print(json.dumps({{folder: publish(folder, repo) for folder, repo in {pushes!r}.items()}}))
+        """,
+        hub["upload"].endpoint,
+        tmp_path / "push-cache",
+    )
+    urls = last_json(push)
+    assert len(urls) == len(local) and all("/commit/" in url for url in urls.values())
+
+    def compare(specs):
+        folders = {spec: str(local[spec]) for spec in specs}
+        return f"""
+            import json, timm, torch
+            import roi_attention
+            from safetensors.torch import load_file
+            out = {{}}
+            for spec, folder in {folders!r}.items():
+                expected = load_file(folder + "/model.safetensors")
+                state = timm.create_model(spec, pretrained=True).state_dict()
+                out[spec] = state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+            print(json.dumps(out))
+        """
+
+    cache = tmp_path / "pull-cache"
+    pulled = last_json(run_python(compare(local), hub["olah"].endpoint, cache))
+    assert len(pulled) == len(VARIANTS) + len(PAPER_VARIANTS) and all(pulled.values()), pulled
+    # Pulled once, they load again with HF_HUB_OFFLINE=1 from the cache (one resnet50 tag stands for all eight).
+    again = [spec for spec in local if spec.startswith("hf-hub:")] + ["roi_resnet50_add_l1.coco"]
+    offline = last_json(run_python(compare(again), "http://127.0.0.1:9", cache, offline=True))
+    assert offline == {spec: True for spec in again}
+
+
+@pytest.fixture(scope="module")
+def region_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub-data")
+    fixture = write_coco_fixture(root / "src")
+    source = CocoRegions(fixture["images_dir"], fixture["annotations"], categories="file")
+    for split in ("train", "validation"):
+        build_region_dataset(source, root / "regions", split=split, progress=False)
+    return root / "regions"
+
+
+def test_a_pushed_model_card_parses_and_its_code_runs_against_the_hub(hub, region_dataset, tmp_path):
+    classes = RegionDataset(region_dataset, "validation").class_names
+    folder = saved_model(tmp_path / "model", "roi_resnet18_add_l1", seed=7, num_classes=len(classes))
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    save_model(model, folder, label_names=classes, overwrite=True)
+    results = evaluate_models([str(folder)], region_dataset, split="validation", probes=True)
+    (folder / RESULTS_NAME).write_text(json.dumps(results))
+    write_model_card(folder)
+    assert "local-dir:" in (folder / "README.md").read_text()
+
+    repo = f"{ORG}/card-test"
+    run = run_cli(["push", "--model-dir", str(folder), "--repo-id", repo], hub["upload"].endpoint, tmp_path / "c1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    published = hub["mirrors"] / "models" / repo
+    assert sorted(git(published, "ls-files").split()) == [
+        "README.md",
+        "accuracy_by_size.png",
+        "config.json",
+        "eval_results.json",
+        "model.safetensors",
+    ]
+    card = (published / "README.md").read_text()
+    assert f'timm.create_model("hf-hub:{repo}"' in card and "Mask probes" in card
+
+    # The card's code, as printed, on a real photo and mask: pulled from the Hub, and from the local folder.
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    from skimage import data
+
+    Image.fromarray(data.coffee()).save(tmp_path / "photo.jpg")
+    mask = np.zeros(data.coffee().shape[:2], np.uint8)
+    mask[100:300, 200:400] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    remote = run_python(code, hub["olah"].endpoint, tmp_path / "c2", cwd=tmp_path)
+    local = run_python(code.replace(f"hf-hub:{repo}", f"local-dir:{folder}"), "http://127.0.0.1:9", tmp_path, tmp_path)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert remote.stdout == local.stdout and remote.stdout.count("(") == 3
+    assert all(name in classes for name in re.findall(r"\('([^']+)'", remote.stdout))
+
+
+def test_a_pushed_dataset_loads_with_datasets_and_region_dataset_from_the_hub(hub, region_dataset, tmp_path):
+    repo = f"{ORG}/regions-test"
+    run = run_cli(["push", "--dataset-dir", str(region_dataset), "--repo-id", repo], hub["upload"].endpoint, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    pulled = last_json(
+        run_python(
+            f"""
+            import json
+            from datasets import load_dataset
+            from roi_attention.data import RegionDataset
+            rows = load_dataset("{repo}", "regions", split="validation")
+            regions = RegionDataset("{repo}", "validation")
+            masks = [int(regions.raw(i)[1].sum()) for i in range(len(regions))]
+            ids, labels = list(rows["region_id"]), list(rows["label"])
+            print(json.dumps(dict(ids=ids, labels=labels, classes=regions.class_names, masks=masks)))
+            """,
+            hub["olah"].endpoint,
+            tmp_path / "cache",
+        )
+    )
+    local = RegionDataset(region_dataset, "validation")
+    assert pulled["classes"] == local.class_names
+    assert pulled["ids"] == [local.regions[i]["region_id"] for i in range(len(local))]
+    assert pulled["labels"] == [local.regions[i]["label"] for i in range(len(local))]
+    assert pulled["masks"] == [int(local.raw(i)[1].sum()) for i in range(len(local))] and len(local) > 3
+    readme = (hub["mirrors"] / "datasets" / repo / "README.md").read_text()
+    assert f'load_dataset("{repo}", "regions"' in readme
+
+
+def test_network_faults_give_clear_errors_and_leave_the_published_revision_intact(hub, tmp_path):
+    repo = f"{ORG}/faults"
+    folder = saved_model(tmp_path / "v1", "roi_resnet18_add_l3", seed=1, num_classes=4)
+    upload = hub["upload"]
+    assert run_cli(["push", "--model-dir", str(folder), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
+    published = hub["mirrors"] / "models" / repo
+    first = git(published, "rev-parse", "HEAD")
+    changed = saved_model(tmp_path / "v2", "roi_resnet18_add_l3", seed=2, num_classes=4)
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    # A fault on every attempt (huggingface_hub retries a commit five times), then nothing listening at all.
+    for fault, endpoint, expected in (
+        ("500", upload.endpoint, "500"),
+        ("drop", upload.endpoint, "keeps its previous revision"),
+        (None, down, "nothing was sent"),
+    ):
+        upload.fault, upload.fault_count = fault, 100
+        run = run_cli(["push", "--model-dir", str(changed), "--repo-id", repo], endpoint, tmp_path)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert "roi-attention: publishing" in run.stderr and expected in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+        assert git(published, "rev-parse", "HEAD") == first
+    upload.fault_count = 0
+    pull = f"""
+        import json, timm, torch, roi_attention
+        state = timm.create_model("hf-hub:{repo}", pretrained=True).state_dict()
+        print(json.dumps(float(sum(v.double().sum() for k, v in state.items() if v.is_floating_point()))))
+    """
+    checksum = sum(v.double().sum() for v in load_file(str(folder / "model.safetensors")).values()).item()
+    assert last_json(run_python(pull, hub["olah"].endpoint, tmp_path / "cache")) == pytest.approx(checksum, abs=0)
+    # A connection dropped once is retried: the new weights land, as exactly one commit.
+    upload.fault, upload.fault_count = "drop", 1
+    assert run_cli(["push", "--model-dir", str(changed), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
+    assert upload.fault_count == 0 and git(published, "rev-parse", "HEAD~1") == first
+    assert (published / "model.safetensors").read_bytes() == (changed / "model.safetensors").read_bytes()
+
+
+def test_broken_repositories_on_the_hub_give_errors_that_say_what_is_wrong(hub, tmp_path):
+    good = saved_model(tmp_path / "good", "roi_resnet18_add_l1", seed=3, num_classes=2)
+    config = json.loads((good / "config.json").read_text())
+    weights = (good / "model.safetensors").read_bytes()
+    l3 = saved_model(tmp_path / "l3", "roi_resnet18_add_l3", seed=3, num_classes=2)
+    broken = {
+        "unregistered": {"config.json": json.dumps(dict(config, architecture="roi_resnet18_add_l9")).encode()},
+        "mismatched": {"config.json": json.dumps(config).encode()},
+        "truncated": {"config.json": json.dumps(config).encode(), "model.safetensors": weights[: len(weights) // 2]},
+    }
+    broken["unregistered"]["model.safetensors"] = weights
+    broken["mismatched"]["model.safetensors"] = (l3 / "model.safetensors").read_bytes()
+    for name, files in broken.items():
+        repo = hub["mirrors"] / "models" / ORG / name
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "-b", "main")
+        commit_files(repo, files, f"a {name} model")
+    run = run_python(
+        f"""
+        import json, timm
+        from roi_attention.hub import load_model
+        out = {{}}
+        for name in {list(broken)!r}:
+            for how, load in (("load_model", load_model), ("timm", lambda s: timm.create_model(s, pretrained=True))):
+                try:
+                    load("hf-hub:{ORG}/" + name)
+                    out[name + " " + how] = "loaded"
+                except Exception as error:
+                    out[name + " " + how] = f"{{type(error).__name__}}: {{error}}"
+        print(json.dumps(out))
+        """,
+        hub["olah"].endpoint,
+        tmp_path / "cache",
+    )
+    errors = last_json(run)
+    assert "names architecture 'roi_resnet18_add_l9', which is not registered" in errors["unregistered load_model"]
+    assert "roi_resnet18_add_l9" in errors["unregistered timm"]
+    for how in ("load_model", "timm"):
+        assert "do not fit resnet18 with variant add_l1" in errors[f"mismatched {how}"]
+        assert "unexpected" in errors[f"mismatched {how}"] and "roi_branch.layer3" in errors[f"mismatched {how}"]
+        assert "truncated or not a safetensors file" in errors[f"truncated {how}"]
+
+
+def test_publish_refuses_a_folder_that_would_not_load_before_sending_anything(tmp_path):
+    folder = saved_model(tmp_path / "m", "roi_resnet18_mul_l3", seed=0, num_classes=2)
+    assert check_model_folder(folder)["architecture"] == "roi_resnet18_mul_l3"
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ValueError, match="truncated or not a safetensors file"):
+        publish(folder, f"{ORG}/never")
+    weights.write_bytes(data)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, architecture="resnet18")))
+    with pytest.raises(ValueError, match="not a registered ROI model"):
+        publish(folder, f"{ORG}/never")
+    (folder / "config.json").write_text(json.dumps(dict(config, architecture="roi_resnet18_mul_l1")))
+    with pytest.raises(ValueError, match=r"does not fit roi_resnet18_mul_l1 as configured: .*missing"):
+        publish(folder, f"{ORG}/never")
+    with pytest.raises(ValueError, match="repo_id must be ORG/NAME"):
+        publish(folder, "no-org")
