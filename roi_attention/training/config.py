@@ -48,6 +48,7 @@ class TrainConfig:
     schedule: str | None = None
     warmup_steps: int | None = None
     label_smoothing: float | None = None
+    side_branch_lr_scale: float = 1.0  # the ROI side branch starts at zero: a larger rate lets it catch up
 
     max_steps: int = 90_000
     batch_size: int = 8  # per process
