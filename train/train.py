@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     data_config = timm.data.resolve_data_config({}, model=model)
     if cfg.image_size:
         data_config["input_size"] = (4, cfg.image_size, cfg.image_size)
+        # The saved model says what size it was trained at, so that eval and predict resize photos to it.
+        model.pretrained_cfg["input_size"] = data_config["input_size"]
     train_set.transform = train_transform(data_config)
     if eval_set is not None:
         eval_set.transform = eval_transform(data_config)
