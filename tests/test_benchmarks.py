@@ -135,7 +135,7 @@ def test_context_scenes_benchmark_runs_from_files_to_tables(tmp_path):
         assert sum(b["num_regions"] for b in bins) == entry["metrics"]["num_regions"] == len(annotations)
     # The full-photo model ignores the mask: every probe gives it the same accuracy.
     full = next(e for name, e in models.items() if "full" in name)["probes"]
-    assert len({round(p["pooled_accuracy"], 9) for name, p in full.items() if name != "other"}) == 1
+    assert len({round(p["pooled_accuracy"], 9) for name, p in full.items() if name != "other_region"}) == 1
     run = json.loads((out / "results" / "run.json").read_text())
     assert run["seed"] == 0 and "--quick" in run["command"] and run["settings"]["steps"] == 15
     assert (out / "results" / "accuracy_by_size.png").stat().st_size > 10_000

@@ -9,6 +9,7 @@ import timm
 from huggingface_hub import ModelCard
 
 from roi_attention.cli import main
+from roi_attention.evaluation import PROBES
 from roi_attention.models.summary import markdown_table, model_summary
 
 from .conftest import needs_fashion_mnist
@@ -52,7 +53,7 @@ def test_the_demo_runs_end_to_end_and_leaves_what_it_says(capsys, tmp_path):
     assert model.num_classes == 10 and model.pretrained_cfg["label_names"][0] == "T-shirt/top"
     results = json.loads((out / "results" / "results.json").read_text())
     entry = results["models"][str(folder)]
-    assert set(entry["probes"]) == {"true", "empty", "whole", "other"}
+    assert set(entry["probes"]) == set(PROBES)
     card = ModelCard.load(folder / "README.md")
     assert {r.metric_name for r in card.data.eval_results} >= {"Mean accuracy per class", "Pooled accuracy"}
     # One prediction per region of the example scene, the viz written, and the paths printed.
