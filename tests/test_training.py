@@ -14,7 +14,7 @@ import timm
 import torch
 from accelerate.utils import set_seed
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from roi_attention.data import CocoRegions, build_region_dataset
 from roi_attention.models import VARIANTS
@@ -82,9 +82,33 @@ def test_every_paper_experiment_has_a_config_that_loads():
             cfg = load_config(ROOT / "train" / "configs" / f"{dataset}_roi_resnet50_{variant}.yaml")
             assert timm.is_model(cfg.model.split(".")[0]) and cfg.model.startswith(f"roi_resnet50_{variant}.")
             assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule) == ("adam", 1e-5, 1e-5, "constant")
-            assert cfg.balanced_sampling and cfg.batch_size == 8
+            assert cfg.balanced_sampling and cfg.batch_size == 8 and cfg.zero_init_head is False
     modern = load_config(ROOT / "train/configs/coco_roi_resnet50_add_l1.yaml", ["--recipe", "modern", "--lr", "3e-4"])
     assert (modern.optimizer, modern.schedule, modern.label_smoothing, modern.lr) == ("adamw", "cosine", 0.1, 3e-4)
+    assert modern.zero_init_head is True
+
+
+@pytest.mark.parametrize("recipe", ["modern", "paper"])
+def test_a_head_new_to_the_task_starts_at_zero_with_the_modern_recipe(dataset, tmp_path, recipe):
+    set_seed(0)
+    source = timm.create_model("roi_resnet18_add_l1", num_classes=1000)  # like ImageNet weights: 1000 classes
+    save_file(source.state_dict(), str(tmp_path / "imagenet.safetensors"))
+    run = _train(
+        dataset,
+        tmp_path / "out",
+        pretrained="true",
+        weights=tmp_path / "imagenet.safetensors",
+        recipe=recipe,
+        lr=0.0,
+        freeze_bn="true",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = _weights(tmp_path / "out")
+    assert trained["backbone.fc.weight"].shape == (6, 512)
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("backbone.fc.")}
+    assert all(torch.equal(trained[k], v) for k, v in backbone.items())  # lr 0, statistics frozen: as loaded
+    head_is_zero = not trained["backbone.fc.weight"].any() and not trained["backbone.fc.bias"].any()
+    assert head_is_zero == (recipe == "modern")
 
 
 def test_config_overrides_are_typed_and_unknown_keys_refused():

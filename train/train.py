@@ -58,7 +58,12 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
         )
     except PretrainedWeightsError as error:
         raise ConfigError(str(error)) from error
+    weights_classes = model.pretrained_cfg.get("num_classes")
     model.pretrained_cfg["label_names"] = list(class_names)
+    if cfg.zero_init_head and (not cfg.pretrained or weights_classes != len(class_names)):
+        head = model.get_classifier()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
     if cfg.freeze_backbone:
         head = model.pretrained_cfg["classifier"] + "."
         for name, parameter in model.named_parameters():

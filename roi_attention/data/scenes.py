@@ -229,10 +229,16 @@ def build_scene_dataset(
     return out
 
 
-# Small scenes seen at their own size, and the fine-tuning recipe the scene benchmark and the demo share.
-# Batch-norm statistics stay frozen: with batches of 16 small scenes, updating them made fine-tuning diverge
-# (measured: the crop variant reached 26% with them updated, 47% frozen, same 400 steps). The side branch
-# starts at zero and gets a 10x learning rate.
+# Small scenes seen at their own size, and the fine-tuning recipe the scene benchmark and the demo share
+# (measured at 250 steps, add_l1, seed 0; docs/context_scenes.md has the whole story):
+# - batch-norm statistics stay frozen: with batches of 16 small scenes, updating them made fine-tuning diverge
+#   (the crop variant reached 26% with them updated, 47% frozen, same 400 steps);
+# - the new 10-class head starts at zero (the modern recipe's zero_init_head): timm's EfficientNet init draws it
+#   with 1/sqrt(fan_out), logits ~10x too large, and the first steps' gradients wrecked the pretrained features
+#   (blackout_l1 collapsed to one class, 11%; 60% with the zero head);
+# - the side branch, which starts at zero, learns at 1000x the backbone's rate (lr 0.3): Adam moves a weight by
+#   about its learning rate per step, and the attention map must reach the scale of the stem's activations
+#   (std ~2) within a few hundred steps (add_l1: 22% at 10x, 36% at 100x, 46% at 1000x).
 SMALL_SCENES = SceneConfig(size=64, min_objects=2, max_objects=4, min_item=8, max_item=48)
 SCENE_TRAINING: dict[str, object] = dict(
     image_size=64,
@@ -243,5 +249,5 @@ SCENE_TRAINING: dict[str, object] = dict(
     weight_decay=0.01,
     label_smoothing=0.0,
     freeze_bn="true",
-    side_branch_lr_scale=10,
+    side_branch_lr_scale=1000,
 )

@@ -143,7 +143,7 @@ def prepare_regions(
     photo: np.ndarray, masks: Sequence[np.ndarray], data_config: dict[str, Any], square: bool = False
 ) -> Tensor:
     """The packed model input for one ``(H,W,3)`` uint8 photo and its ``(H,W)`` masks (non-zero = region)."""
-    image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
+    image = tv_tensors.Image(torch.from_numpy(np.array(photo, order="C")).permute(2, 0, 1))  # a writable copy
     stacked = tv_tensors.Mask(torch.from_numpy(np.stack([np.asarray(m) != 0 for m in masks])).to(torch.uint8))
     image, stacked = eval_transform(data_config, square=square)(image, stacked)
     return pack(image.as_subclass(Tensor), stacked.as_subclass(Tensor))

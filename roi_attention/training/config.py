@@ -15,10 +15,22 @@ import yaml
 # The author's recipe (method.md) and a modern one; fields left unset in a config come from its recipe.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
-        optimizer="adam", lr=1e-5, weight_decay=1e-5, schedule="constant", warmup_steps=0, label_smoothing=0.0
+        optimizer="adam",
+        lr=1e-5,
+        weight_decay=1e-5,
+        schedule="constant",
+        warmup_steps=0,
+        label_smoothing=0.0,
+        zero_init_head=False,
     ),
     "modern": dict(
-        optimizer="adamw", lr=1e-4, weight_decay=0.05, schedule="cosine", warmup_steps=500, label_smoothing=0.1
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_steps=500,
+        label_smoothing=0.1,
+        zero_init_head=True,
     ),
 }
 
@@ -49,6 +61,9 @@ class TrainConfig:
     warmup_steps: int | None = None
     label_smoothing: float | None = None
     side_branch_lr_scale: float = 1.0  # the ROI side branch starts at zero: a larger rate lets it catch up
+    # A head new to the task (the weights' class count differs) starts at zero rather than timm's init, whose
+    # scale suits 1000 classes (EfficientNet's draws with 1/sqrt(fan_out): logits ~10x too large for 10 classes).
+    zero_init_head: bool | None = None
 
     max_steps: int = 90_000
     batch_size: int = 8  # per process
