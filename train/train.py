@@ -61,9 +61,9 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
     weights_classes = model.pretrained_cfg.get("num_classes")
     model.pretrained_cfg["label_names"] = list(class_names)
     if cfg.zero_init_head and (not cfg.pretrained or weights_classes != len(class_names)):
-        head = model.get_classifier()
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
+        classifier = model.get_classifier()
+        torch.nn.init.zeros_(classifier.weight)
+        torch.nn.init.zeros_(classifier.bias)
     if cfg.freeze_backbone:
         head = model.pretrained_cfg["classifier"] + "."
         for name, parameter in model.named_parameters():
