@@ -6,6 +6,7 @@ import argparse
 import fnmatch
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import timm
 import torch
@@ -41,7 +42,6 @@ def _cmd_convert_lite0(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
     import shutil
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
@@ -145,7 +145,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_card(args: argparse.Namespace) -> int:
     import shutil
-    from pathlib import Path
 
     from .hub import check_model_folder, write_model_card
     from .hub.cards import RESULTS_NAME
@@ -158,10 +157,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_original(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from .data.labels import COCO_CLASSES
     from .hub import convert_original_checkpoint
+    from .labels import COCO_CLASSES
 
     names = None
     if args.labels == "coco":
@@ -185,7 +183,8 @@ def _cmd_convert_original(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from .evaluation import evaluate_models, markdown_tables, write_results
+    from .evaluation import evaluate_models
+    from .metrics.report import markdown_tables, write_results
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     results = evaluate_models(
@@ -211,8 +210,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .hub import load_model
-    from .predict import draw_predictions, predict_regions, read_mask, read_photo
+    from .predict import draw_predictions, predict_coco_annotations, predict_regions, read_mask, read_photo
 
+    one_photo, coco_file = (args.image, args.mask), (args.coco_annotations, args.images, args.out)
+    if any(coco_file) and any(one_photo):
+        raise ValueError("predict takes either --image with --mask, or --coco-annotations with --images and --out")
+    if any(coco_file):
+        if not all(coco_file):
+            raise ValueError("--coco-annotations needs --images (the photos' folder) and --out (the results JSON)")
+        model = load_model(args.model, weights=args.weights)
+        report = predict_coco_annotations(model, args.coco_annotations, args.images, args.out, topk=args.topk)
+        print(report.summary(f"classified {report.regions_kept} regions of {report.images_kept} photos"))
+        print(f"wrote {args.out} (COCO results) and its report {Path(args.out).stem}.report.json")
+        return 0
+    if not all(one_photo):
+        raise ValueError("predict needs --image and at least one --mask (or --coco-annotations, --images, --out)")
     photo = read_photo(args.image)
     masks = [read_mask(path, photo.shape[:2]) for path in args.mask]
     model = load_model(args.model, weights=args.weights)
@@ -291,15 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--weights", help="safetensors weights for a registered model name")
     evaluation.set_defaults(run=_cmd_eval)
 
-    predict = commands.add_parser("predict", help="classify regions of a photo")
+    predict = commands.add_parser(
+        "predict", help="classify regions: of one photo, or every annotation of a COCO-format file"
+    )
     predict.add_argument("--model", required=True, help="registered name, saved folder or Hub id")
-    predict.add_argument("--image", required=True, help="the photo")
+    predict.add_argument("--image", help="the photo")
     predict.add_argument(
         "--mask",
         action="append",
-        required=True,
         help="PNG (non-zero = region), COCO RLE or polygon JSON; repeat for several regions",
     )
+    predict.add_argument(
+        "--coco-annotations", metavar="FILE", help="a COCO-format file whose every annotation is classified"
+    )
+    predict.add_argument("--images", metavar="DIR", help="with --coco-annotations: the folder of its photos")
+    predict.add_argument("--out", metavar="FILE", help="with --coco-annotations: the COCO results JSON to write")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--viz", help="write the photo with the regions outlined and labelled (PNG)")

@@ -13,7 +13,9 @@ import timm
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+from tqdm.auto import tqdm
 
+from .data.build import BuildReport, encode_mask
 from .data.transforms import prepare_regions
 from .hub.load import label_names
 
@@ -71,34 +73,42 @@ def read_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
 
 
 def _mask_from_json(path: Path, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputFileError(f"mask {path} is not valid JSON: {error}") from error
     if isinstance(data, dict) and "segmentation" in data:
         data = data["segmentation"]
+    return decode_segmentation(data, size, f"mask {path}")
+
+
+def decode_segmentation(segmentation: Any, size: tuple[int, int], what: str = "segmentation") -> np.ndarray:
+    """The ``(H,W)`` uint8 mask of a COCO segmentation (compressed or uncompressed RLE ``{"size", "counts"}``, or
+    polygons ``[[x, y, ...], ...]``) on a photo of ``size`` = (H, W); ``what`` names it in errors."""
+    height, width = size
     try:
-        if isinstance(data, dict) and "counts" in data and "size" in data:
-            if list(data["size"]) != [height, width]:
+        if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+            if list(segmentation["size"]) != [height, width]:
                 raise InputFileError(
-                    f"mask {path} is an RLE of size {data['size'][1]}x{data['size'][0]} (WxH), "
+                    f"{what} is an RLE of size {segmentation['size'][1]}x{segmentation['size'][0]} (WxH), "
                     f"the photo {width}x{height}"
                 )
-            rle = mask_utils.frPyObjects(data, height, width) if isinstance(data["counts"], list) else data
-            if isinstance(rle["counts"], str):
+            rle = segmentation
+            if isinstance(rle["counts"], list):
+                rle = mask_utils.frPyObjects(rle, height, width)
+            elif isinstance(rle["counts"], str):
                 rle = {**rle, "counts": rle["counts"].encode("ascii")}
             return mask_utils.decode(rle)
-        if isinstance(data, list) and data and all(isinstance(p, list) for p in data):
-            if any(len(p) < 6 or len(p) % 2 for p in data):
-                raise InputFileError(f"mask {path}: each polygon needs at least 3 (x, y) points as a flat list")
-            return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(data, height, width)))
+        if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
+            if any(len(p) < 6 or len(p) % 2 for p in segmentation):
+                raise InputFileError(f"{what}: each polygon needs at least 3 (x, y) points as a flat list")
+            return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
     except InputFileError:
         raise
     except (TypeError, ValueError, KeyError) as error:
-        raise InputFileError(f"mask {path} holds malformed RLE or polygons: {error}") from error
+        raise InputFileError(f"{what} holds malformed RLE or polygons: {error}") from error
     raise InputFileError(
-        f"mask {path}: expected COCO RLE {{'size', 'counts'}}, polygons [[x, y, ...], ...] or an annotation "
+        f"{what}: expected COCO RLE {{'size', 'counts'}}, polygons [[x, y, ...], ...] or an annotation "
         "with 'segmentation'"
     )
 
@@ -152,3 +162,118 @@ def draw_predictions(
     axis.axis("off")
     figure.savefig(path)
     plt.close(figure)
+
+
+def predict_coco_annotations(
+    model: torch.nn.Module,
+    annotations: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    topk: int = 5,
+    progress: bool = True,
+) -> BuildReport:
+    """Classify every annotation of a COCO-format file (polygons or RLE; ``category_id`` optional, as a detector's
+    or SAM's regions come) and write COCO results JSON to ``out``: per region ``image_id``, ``annotation_id``,
+    ``label``, ``category_id`` where the label names one of the file's categories, ``score``, the region's
+    ``segmentation`` as compressed RLE (the form ``COCO.loadRes`` and ``COCOeval`` read), and the ``topk`` classes.
+
+    Each photo is read once and its regions classified together. Bad entries (missing or unreadable photo, photo
+    of another size, malformed, empty or off-image mask, unknown image id) are skipped and counted in the returned
+    report, also written beside ``out`` as ``NAME.report.json``; ``out`` appears only when complete.
+    """
+    annotations, images_dir, out = Path(annotations), Path(images_dir), Path(out)
+    if not images_dir.is_dir():
+        raise InputFileError(f"images folder {images_dir} does not exist")
+    report = BuildReport(split="predictions")
+    coco = _read_coco_file(annotations)
+    images = {image["id"]: image for image in coco["images"] if isinstance(image, dict) and "id" in image}
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for entry in coco["annotations"]:
+        if not isinstance(entry, dict) or entry.get("image_id") not in images:
+            report.skip("annotation of an image the file does not list", _describe(entry))
+        else:
+            by_image.setdefault(entry["image_id"], []).append(entry)
+    category_ids = {c.get("name"): c.get("id") for c in coco.get("categories") or [] if isinstance(c, dict)}
+    results = []
+    for image_id, entries in tqdm(by_image.items(), desc="classifying", unit="photo", disable=not progress):
+        photo, masks, kept = _photo_regions(images[image_id], entries, images_dir, report)
+        if not kept:
+            continue
+        predictions = predict_regions(model, photo, masks, topk=topk)
+        for entry, mask, prediction in zip(kept, masks, predictions, strict=True):
+            best = prediction[0]
+            result = dict(image_id=image_id, annotation_id=entry.get("id"), label=best["label"])
+            if best["label"] in category_ids:
+                result["category_id"] = category_ids[best["label"]]
+            results.append(dict(result, score=best["probability"], segmentation=encode_mask(mask), topk=prediction))
+        report.images_kept += 1
+        report.regions_kept += len(kept)
+    _write_whole(out.with_name(f"{out.stem}.report.json"), json.dumps(report.to_dict(), indent=2))
+    _write_whole(out, json.dumps(results))
+    return report
+
+
+def _read_coco_file(path: Path) -> dict[str, Any]:
+    try:
+        coco = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise InputFileError(f"annotations file {path} does not exist") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputFileError(f"annotations file {path} is not valid JSON: {error}") from error
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations")):
+        raise InputFileError(
+            f"{path} is not a COCO-format file: expected an object with 'images' (id, file_name) and "
+            "'annotations' (image_id, segmentation) lists"
+        )
+    return coco
+
+
+def _describe(entry: Any) -> str:
+    return f"annotation {entry.get('id')}" if isinstance(entry, dict) else repr(entry)[:40]
+
+
+def _photo_regions(
+    info: dict[str, Any], entries: list[dict[str, Any]], images_dir: Path, report: BuildReport
+) -> tuple[np.ndarray | None, list[np.ndarray], list[dict[str, Any]]]:
+    """The photo, the masks of its usable annotations and those annotations; the rest counted in ``report``."""
+    name = str(info.get("file_name", info["id"]))
+    try:
+        photo = read_photo(images_dir / name)
+    except InputFileError as error:
+        report.skip("photo missing or unreadable", f"{name} ({error})", len(entries))
+        return None, [], []
+    height, width = photo.shape[:2]
+    if info.get("height", height) != height or info.get("width", width) != width:
+        report.skip("photo size differs from the annotations file", f"{name} is {width}x{height}", len(entries))
+        return None, [], []
+    masks, kept = [], []
+    for entry in entries:
+        try:
+            mask = decode_segmentation(entry.get("segmentation"), (height, width), _describe(entry))
+        except InputFileError as error:
+            reason = "mask size differs from the photo" if "RLE of size" in str(error) else "malformed segmentation"
+            report.skip(reason, str(error))
+            continue
+        if not mask.any():
+            outside = _polygons_outside(entry["segmentation"], height, width)
+            report.skip("mask outside the image" if outside else "empty mask", _describe(entry))
+            continue
+        masks.append(mask)
+        kept.append(entry)
+    return photo, masks, kept
+
+
+def _polygons_outside(segmentation: Any, height: int, width: int) -> bool:
+    """Whether polygons lie wholly off a ``height`` x ``width`` image (an RLE always has the image's size)."""
+    if not isinstance(segmentation, list):
+        return False
+    xs = [x for polygon in segmentation for x in polygon[0::2]]
+    ys = [y for polygon in segmentation for y in polygon[1::2]]
+    return max(xs) < 0 or min(xs) >= width or max(ys) < 0 or min(ys) >= height
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that the file appears complete or not at all."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -61,12 +61,13 @@ def test_many_regions_benchmark_runs_and_checks_the_logits():
         "add_l3",
         "full",
     )
-    assert re.search(r"^add_l3 +4 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    assert re.search(r"^add_l3 +4 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
 
 
 def test_author_vs_project_benchmark_runs():
-    out = _run("author_vs_project.py", "--model", "roi_resnet18_add_l3", "--repeats", "1")
-    assert "skipped" in out or "same predictions: True" in out, out
+    out = _run("author_vs_project.py", "--backbone", "resnet18", "--variants", "add_l3", "add_l1", "--repeats", "1")
+    row = r"^add_l3 +[\d.]+ +[\d.]+ +[\d.]+ +3\.00 +\d\.\de[-+]\d+ (met|MISSED)$"
+    assert "skipped" in out or re.search(row, out, re.M), out
 
 
 def test_data_loading_benchmark_runs():

@@ -9,7 +9,7 @@ import timm
 from huggingface_hub import ModelCard
 
 from roi_attention.cli import main
-from roi_attention.evaluation import PROBES
+from roi_attention.metrics.report import PROBES
 from roi_attention.models.summary import markdown_table, model_summary
 
 from .conftest import needs_fashion_mnist

@@ -299,7 +299,7 @@ def test_publish_refuses_a_folder_that_would_not_load_before_sending_anything(tm
 
 
 def test_the_papers_numbers_appear_only_as_a_marked_reference(tmp_path):
-    from roi_attention.data.labels import COCO_CLASSES
+    from roi_attention.labels import COCO_CLASSES
     from roi_attention.metrics import region_accuracy
     from roi_attention.metrics.paper_tables import paper_reference
 

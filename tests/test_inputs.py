@@ -81,9 +81,9 @@ def test_checks_can_be_turned_off_for_speed():
         model(torch.randn(1, 3, 32, 32), mask=torch.ones(1, 1, 16, 16))
 
 
-def test_in_chans_other_than_four_is_refused():
-    with pytest.raises(ValueError, match="4 input channels"):
-        make_model("roi_resnet18_add_l1", in_chans=3)
+def test_in_chans_other_than_three_or_four_is_refused():
+    with pytest.raises(ValueError, match="in_chans is 3 or 4, got 5"):
+        make_model("roi_resnet18_add_l1", in_chans=5)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

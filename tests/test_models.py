@@ -278,15 +278,16 @@ def test_features_only_uses_the_mask(name, image, mask):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_pretrained_cfg_describes_the_packed_input(name):
+def test_pretrained_cfg_describes_the_photo_and_keeps_all_of_it(name):
     cfg = timm.models.get_pretrained_cfg(name)
     backbone_cfg = timm.models.get_pretrained_cfg(f"{backbone_of(name)}.{BACKBONES[backbone_of(name)]}")
-    assert cfg.input_size == (4, *backbone_cfg.input_size[1:])
-    assert cfg.mean == (*backbone_cfg.mean, 0.0) and cfg.std == (*backbone_cfg.std, 1.0)
+    assert cfg.input_size == backbone_cfg.input_size  # the photo; the mask comes with mask=
+    assert cfg.mean == backbone_cfg.mean and cfg.std == backbone_cfg.std
+    assert (cfg.crop_mode, cfg.crop_pct) == ("border", 1.0)  # the whole photo: no region is cropped away
     assert cfg.license and cfg.num_classes == 1000 and cfg.hf_hub_id == backbone_cfg.hf_hub_id
     assert any("mask_resize" in note for note in cfg.notes)
     data_config = timm.data.resolve_data_config({}, model=make_model(name))
-    assert data_config["input_size"][0] == 4 and len(data_config["mean"]) == 4
+    assert data_config["input_size"][0] == 3 and len(data_config["mean"]) == 3
 
 
 def test_region_tags_carry_their_labels():
@@ -325,10 +326,30 @@ def test_forward_regions_equals_one_batched_forward_per_mask(name):
     masks[2, 33, 17] = 1  # one pixel
     masks[3] = 1
     with torch.no_grad():
-        shared = model.forward_regions(image, masks)
         batched = model(image.expand(4, -1, -1, -1), mask=masks)
-    assert shared.shape == (4, NUM_CLASSES)
-    assert torch.allclose(shared, batched, atol=1e-4, rtol=1e-4)  # same arithmetic, other batch layout
+        for chunk_size in (None, 1, 3):  # the model's choice, one mask at a time, uneven groups
+            shared = model.forward_regions(image, masks, chunk_size=chunk_size)
+            assert shared.shape == (4, NUM_CLASSES)
+            assert torch.allclose(shared, batched, atol=1e-4, rtol=1e-4), chunk_size  # other batch layout
+
+
+@pytest.mark.parametrize("name", ["roi_resnet18_add_l1", "roi_tf_efficientnet_lite0_mul_all"])
+def test_forward_regions_runs_the_first_conv_once_whatever_the_groups(name):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model(name)
+    image, masks = random_image(batch=1)[0], torch.ones(6, SIZE, SIZE)
+    conv = model.backbone.get_submodule(model.backbone.pretrained_cfg["first_conv"])
+    stem_flops = 2 * conv.weight.numel() * (SIZE // 2) ** 2  # one image through the stride-2 first conv
+
+    def flops(function):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            function()
+        return counter.get_total_flops()
+
+    one = flops(lambda: model(image[None], mask=masks[:1]))
+    grouped = flops(lambda: model.forward_regions(image, masks, chunk_size=1))
+    assert grouped == 6 * one - 5 * stem_flops
 
 
 def test_forward_regions_runs_the_trunk_once():

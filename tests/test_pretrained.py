@@ -100,7 +100,7 @@ def test_saved_folder_reloads_with_local_dir(name, tmp_path, image, mask):
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == name and config["label_names"] == labels
     assert config["model_args"]["mask_resize"] == "area"
-    assert config["pretrained_cfg"]["input_size"][0] == 4
+    assert config["pretrained_cfg"]["input_size"][0] == 3 and len(config["pretrained_cfg"]["mean"]) == 3
     reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert reloaded.mask_resize == "area" and reloaded.num_classes == NUM_CLASSES
     assert reloaded.pretrained_cfg["label_names"] == labels

@@ -200,7 +200,7 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert model.num_classes == 6 and model.pretrained_cfg["label_names"][0] == "person"
     # Trained at 64x64: eval and predict must resize photos to that, not to the backbone's 224.
-    assert tuple(timm.data.resolve_data_config({}, model=model)["input_size"]) == (4, 64, 64)
+    assert tuple(timm.data.resolve_data_config({}, model=model)["input_size"]) == (3, 64, 64)
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["models"]["roi_resnet18_mul_l1"]["metrics"]["num_regions"] == 6
     metrics = results["models"]["roi_resnet18_mul_l1"]["metrics"]

@@ -24,13 +24,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from huggingface_hub.repocard import metadata_load
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from .card import IMAGES, REGIONS, dataset_metadata, read_dataset_info, write_dataset_card
 from .size_bins import SIZE_BIN_NAMES, size_bin
 
-IMAGES, REGIONS = "images", "regions"
 ROWS_PER_GROUP = 64
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -126,8 +125,9 @@ class BuildReport:
             examples=dict(sorted(self.examples.items())),
         )
 
-    def summary(self) -> str:
-        lines = [f"split {self.split}: kept {self.images_kept} images and {self.regions_kept} regions"]
+    def summary(self, headline: str | None = None) -> str:
+        """``headline`` (by default what the build kept), then one line per reason for skipping."""
+        lines = [headline or f"split {self.split}: kept {self.images_kept} images and {self.regions_kept} regions"]
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  skipped {count}: {reason} (e.g. {', '.join(self.examples.get(reason, []))})")
         if not self.skipped:
@@ -298,39 +298,3 @@ def _publish(staging: Path, out: Path, split: str, source: RegionSource, existin
 def describe_source(source: RegionSource) -> str:
     """One sentence on where a source's photos and regions come from, for the dataset card."""
     return getattr(source, "description", "") or f"Built from a {type(source).__name__} source."
-
-
-def dataset_metadata(splits: Sequence[str], class_names: Sequence[str], source: str = "") -> dict[str, Any]:
-    """The card's front matter: the configs that let ``load_dataset(folder, "regions", split=...)`` read the
-    folder, and what roi-attention needs (class names, splits, source)."""
-    configs = [
-        {
-            "config_name": config,
-            "data_files": [{"split": split, "path": f"{config}/{split}-*.parquet"} for split in splits],
-            **({"default": True} if config == REGIONS else {}),
-        }
-        for config in (REGIONS, IMAGES)
-    ]
-    info = {"class_names": list(class_names), "splits": list(splits), "source": source}
-    return {"configs": configs, "roi_attention": info}
-
-
-def write_dataset_card(folder: Path, metadata: dict[str, Any], split_folders: dict[str, Path], load_name: str) -> Path:
-    """Render the dataset card into ``folder/README.md``; each split's parquet is read from ``split_folders``;
-    ``load_name`` is the dataset's folder or Hub id."""
-    from ..hub.cards import render_dataset_card, split_statistics
-
-    num_classes = len(metadata["roi_attention"]["class_names"])
-    statistics = [split_statistics(path, name, num_classes) for name, path in split_folders.items()]
-    card = render_dataset_card(metadata, statistics, load_name, pretty_name=Path(load_name).name)
-    (folder / "README.md").write_text(str(card), encoding="utf-8")
-    return folder / "README.md"
-
-
-def read_dataset_info(folder: Path) -> dict[str, Any] | None:
-    """``{"class_names", "splits"}`` of a region dataset folder, or None when it is not one."""
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return None
-    info = metadata_load(readme) or {}
-    return info.get("roi_attention")

@@ -13,8 +13,8 @@ from typing import Any
 from PIL import Image
 from pycocotools.coco import COCO
 
+from ..labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from .build import BuildReport, ImageResult, photo_result, region_row
-from .labels import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
 def read_photo(path: Path, report: BuildReport, what: str) -> tuple[bytes, int, int] | None:

@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..labels import OPENSURFACES_MATERIALS
 from .build import BuildReport, ImageResult, encode_mask, photo_result, region_row
 from .coco import read_photo
-from .labels import OPENSURFACES_MATERIALS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

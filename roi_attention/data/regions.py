@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
-from .build import IMAGES, REGIONS, decode_mask, read_dataset_info
+from .build import decode_mask
+from .card import IMAGES, REGIONS, read_dataset_info
 from .transforms import EmptyRegionError, pack
 
 

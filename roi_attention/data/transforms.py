@@ -33,18 +33,22 @@ def _image_size(flat_inputs: Sequence[Any]) -> tuple[int, int]:
 
 class RoiResize(v2.Transform):
     """Resize so the shorter side is ``size`` (or a random side in ``[size, max_size]``), or, with
-    ``longer=True``, so the longer side is ``size``. A mask that nearest-neighbour would empty keeps every
-    pixel its region touches at the new size."""
+    ``longer=True``, so the longer side is ``size`` (the sizes timm's ``ResizeKeepRatio`` computes). Images
+    are resampled with ``interpolation``; a mask that nearest-neighbour would empty keeps every pixel its region
+    touches at the new size."""
 
-    def __init__(self, size: int, max_size: int | None = None, longer: bool = False) -> None:
+    def __init__(
+        self, size: int, max_size: int | None = None, longer: bool = False, interpolation: str = "bilinear"
+    ) -> None:
         super().__init__()
         self.size, self.max_size, self.longer = size, max_size, longer
+        self.interpolation = v2.InterpolationMode(interpolation)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = _image_size(flat_inputs)
         side = self.size if self.max_size is None else _randint(self.size, self.max_size)
-        scale = side / (max(height, width) if self.longer else min(height, width))
-        return dict(size=[max(1, round(height * scale)), max(1, round(width * scale))])
+        ratio = (max if self.longer else min)(height / side, width / side)
+        return dict(size=[max(1, round(height / ratio)), max(1, round(width / ratio))])
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
@@ -57,7 +61,7 @@ class RoiResize(v2.Transform):
                 covered = covered.reshape(resized.shape).to(resized.dtype)
                 resized = tv_tensors.wrap(torch.where(lost[..., None, None], covered, resized), like=resized)
             return resized
-        return TF.resize(inpt, params["size"], antialias=True)
+        return TF.resize(inpt, params["size"], interpolation=self.interpolation, antialias=True)
 
 
 class RandomRoiCrop(v2.Transform):
@@ -101,6 +105,10 @@ def _randint(low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, ()).item())
 
 
+def _interpolation(data_config: dict[str, Any]) -> str:
+    return data_config.get("interpolation") or "bilinear"
+
+
 def _normalize(data_config: dict[str, Any]) -> list[v2.Transform]:
     return [
         v2.ToImage(),
@@ -115,7 +123,7 @@ def train_transform(data_config: dict[str, Any], scale: tuple[float, float] = (1
     size = int(min(data_config["input_size"][1:]))
     return v2.Compose(
         [
-            RoiResize(round(size * scale[0]), round(size * scale[1])),
+            RoiResize(round(size * scale[0]), round(size * scale[1]), interpolation=_interpolation(data_config)),
             RandomRoiCrop(size),
             v2.RandomHorizontalFlip(),
             *_normalize(data_config),
@@ -123,14 +131,18 @@ def train_transform(data_config: dict[str, Any], scale: tuple[float, float] = (1
     )
 
 
-def eval_transform(data_config: dict[str, Any], square: bool = True) -> v2.Compose:
-    """Resize keeping the aspect ratio and normalise. ``square``: longer side to the input size, then pad to a
-    square with the mean colour (batches of any photos); else shorter side to the input size (one photo)."""
+def eval_transform(data_config: dict[str, Any]) -> v2.Compose:
+    """The whole photo, its longer side resized to the input size and padded to a square with the mean colour,
+    normalised: the geometry of ``timm.data.create_transform(**data_config)`` for a model's data config
+    (``crop_mode="border"``, ``crop_pct=1``), with the masks carried along."""
     size = int(min(data_config["input_size"][1:]))
-    steps: list[v2.Transform] = [RoiResize(size, longer=square), *_normalize(data_config)]
-    if square:
-        steps.append(v2.CenterCrop(size))  # pads the shorter side with zeros: the mean colour, an empty mask
-    return v2.Compose(steps)
+    return v2.Compose(
+        [
+            RoiResize(size, longer=True, interpolation=_interpolation(data_config)),
+            *_normalize(data_config),
+            v2.CenterCrop(size),  # pads the shorter side with zeros: the mean colour, an empty mask
+        ]
+    )
 
 
 def pack(image: Tensor, masks: Tensor) -> Tensor:
@@ -139,11 +151,10 @@ def pack(image: Tensor, masks: Tensor) -> Tensor:
     return torch.cat([image.expand(masks.shape[0], -1, -1, -1), masks[:, None]], dim=1)
 
 
-def prepare_regions(
-    photo: np.ndarray, masks: Sequence[np.ndarray], data_config: dict[str, Any], square: bool = False
-) -> Tensor:
-    """The packed model input for one ``(H,W,3)`` uint8 photo and its ``(H,W)`` masks (non-zero = region)."""
+def prepare_regions(photo: np.ndarray, masks: Sequence[np.ndarray], data_config: dict[str, Any]) -> Tensor:
+    """The packed model input ``(N,4,H,W)`` for one ``(H,W,3)`` uint8 photo and its ``(H,W)`` masks (non-zero =
+    region): the image as ``timm.data.create_transform(**data_config)`` gives it, each mask at its place."""
     image = tv_tensors.Image(torch.from_numpy(np.array(photo, order="C")).permute(2, 0, 1))  # a writable copy
     stacked = tv_tensors.Mask(torch.from_numpy(np.stack([np.asarray(m) != 0 for m in masks])).to(torch.uint8))
-    image, stacked = eval_transform(data_config, square=square)(image, stacked)
+    image, stacked = eval_transform(data_config)(image, stacked)
     return pack(image.as_subclass(Tensor), stacked.as_subclass(Tensor))

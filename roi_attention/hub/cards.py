@@ -12,11 +12,10 @@ from typing import Any
 import timm
 import torch
 import yaml
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg, split_model_name_tag
 
-from ..data.labels import COCO_CLASSES, OPENSURFACES_MATERIALS
-from ..data.size_bins import SIZE_BIN_EDGES, SIZE_BIN_NAMES
+from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..metrics.paper_tables import paper_reference
 from ..models.roi_net import VARIANTS, model_cfgs
 
@@ -198,10 +197,11 @@ def render_model_card(
     paper_dataset = known_dataset(label_names)
     steps = (train_config or {}).get("max_steps")
     load_name = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{location}"
+    input_size = config.get("pretrained_cfg", {}).get("input_size") or model.pretrained_cfg["input_size"]
     results_table = reference_table = None
     has_probes = False
     if results is not None:
-        from ..evaluation import markdown_tables, plot_accuracy_by_size
+        from ..metrics.report import markdown_tables, plot_accuracy_by_size
 
         entry = _single_entry(results)
         has_probes = len(entry.get("probes") or {}) > 1
@@ -239,6 +239,7 @@ def render_model_card(
         dataset_description=f"`{dataset}`" + (f" for {steps} steps" if steps else ""),
         eval_description=f"`{dataset}`, split `{(results or {}).get('split')}`",
         load_name=load_name,
+        input_size="x".join(str(v) for v in input_size[1:]),
         recipe=_recipe(train_config),
         results_table=results_table,
         plot=PLOT_NAME if results is not None else None,
@@ -259,67 +260,3 @@ def write_model_card(
     partial.write_text(str(card), encoding="utf-8")
     os.replace(partial, path)
     return path
-
-
-def split_statistics(folder: str | os.PathLike, split: str, num_classes: int) -> dict[str, Any]:
-    """Photos, regions, and regions per class and per size bin of one split of a region dataset folder."""
-    import pyarrow.parquet as pq
-
-    folder = Path(folder)
-    labels: list[int] = []
-    bins: list[int] = []
-    for shard in sorted((folder / "regions").glob(f"{split}-*.parquet")):
-        table = pq.read_table(shard, columns=["label", "size_bin"])
-        labels += table.column("label").to_pylist()
-        bins += table.column("size_bin").to_pylist()
-    images = sum(pq.ParquetFile(p).metadata.num_rows for p in sorted((folder / "images").glob(f"{split}-*.parquet")))
-    return dict(
-        name=split,
-        images=images,
-        regions=len(labels),
-        per_class=[labels.count(i) for i in range(num_classes)],
-        per_bin=[bins.count(i) for i in range(len(SIZE_BIN_NAMES))],
-    )
-
-
-def _size_category(regions: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if regions < limit:
-            return name
-    return "1M<n<10M"
-
-
-def render_dataset_card(
-    metadata: dict[str, Any],
-    statistics: Sequence[dict[str, Any]],
-    load_name: str,
-    pretty_name: str,
-) -> DatasetCard:
-    """The dataset card of a region dataset: ``metadata`` is its front matter (``configs`` and ``roi_attention``
-    with ``class_names``, ``splits`` and ``source``), ``statistics`` one ``split_statistics`` per split."""
-    info = metadata["roi_attention"]
-    class_names = info["class_names"]
-
-    def per_split(values: str, index: int) -> str:
-        return ", ".join(f"{s['name']} {s[values][index]}" for s in statistics)
-
-    generated = dict(
-        pretty_name=pretty_name,
-        task_categories=["image-classification"],
-        tags=["roi-attention", "region-classification", "segmentation-masks"],
-        size_categories=[_size_category(sum(s["regions"] for s in statistics))],
-    )
-    card_data = DatasetCardData(**{**metadata, **generated})
-    return DatasetCard.from_template(
-        card_data,
-        template_path=_template("dataset_card.md"),
-        pretty_name=pretty_name,
-        load_name=load_name,
-        first_split=statistics[0]["name"] if statistics else "train",
-        splits=statistics,
-        class_names=class_names,
-        class_rows=[dict(index=i, name=n, counts=per_split("per_class", i)) for i, n in enumerate(class_names)],
-        size_rows=[dict(name=n, counts=per_split("per_bin", i)) for i, n in enumerate(SIZE_BIN_NAMES)],
-        size_bin_edges=", ".join(str(e) for e in SIZE_BIN_EDGES),
-        source_description=info.get("source") or "",
-    )

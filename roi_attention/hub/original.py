@@ -116,9 +116,9 @@ def convert_original_checkpoint(
     model.load_state_dict(checkpoint_filter_fn(converted, model))
     model.pretrained_cfg = dict(
         model.pretrained_cfg,
-        mean=(*mean, 0.0),
-        std=(AUTHOR_STD / 255,) * 3 + (1.0,),
+        mean=mean,
+        std=(AUTHOR_STD / 255,) * 3,
         description=f"converted from the paper author's checkpoint {Path(checkpoint).name} ({'BGR' if bgr else 'RGB'})",
-        notes=("input: RGB normalised with the author's mean and std 65/255, + ROI mask as channel 4",),
+        notes=("input: RGB normalised with the author's mean and std 65/255, with the ROI mask as mask=",),
     )
     return save_model(model, out, label_names=label_names, overwrite=overwrite, card=True)

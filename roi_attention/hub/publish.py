@@ -66,7 +66,7 @@ def check_model_folder(folder: str | os.PathLike) -> dict[str, Any]:
 
 def check_dataset_folder(folder: str | os.PathLike) -> dict[str, Any]:
     """The card metadata of a region dataset folder, after checking that every declared split has its files."""
-    from ..data.build import read_dataset_info
+    from ..data.card import read_dataset_info
 
     folder = Path(folder)
     info = read_dataset_info(folder) if folder.is_dir() else None
@@ -92,7 +92,7 @@ def _render_card(folder: Path, repo_type: str, repo_id: str) -> None:
     else:
         from huggingface_hub.repocard import metadata_load
 
-        from ..data.build import write_dataset_card
+        from ..data.card import write_dataset_card
 
         metadata = metadata_load(readme) or {}
         splits = metadata["roi_attention"]["splits"]

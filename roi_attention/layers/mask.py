@@ -17,7 +17,7 @@ class RoiInputError(ValueError):
     """An image or mask given to an ROI model is not of the expected form."""
 
 
-def _is_tracing() -> bool:
+def is_tracing() -> bool:
     """True while torch.compile, torch.export, ONNX export or TorchScript traces the model."""
     return (
         torch.compiler.is_compiling()
@@ -76,7 +76,7 @@ def split_roi_input(x: Tensor, mask: Tensor | None = None, check_values: bool = 
                 "resize the mask with nearest-neighbour interpolation to the image's size"
             )
         image, mask = x, mask.to(x.dtype)
-    if check_values and not _is_tracing():
+    if check_values and not is_tracing():
         _check_values(image, mask)
     return image, mask
 
@@ -88,7 +88,10 @@ def _raise_for_mask_range(low: float, high: float) -> None:
             "pass mask / 255 or (mask > 0)"
         )
     if low < 0 or high > 1:
-        raise RoiInputError(f"mask values span [{low:g}, {high:g}], expected values in [0, 1] (1 = inside the ROI)")
+        raise RoiInputError(
+            f"mask values span [{low:g}, {high:g}], expected values in [0, 1] (1 = inside the ROI); for random "
+            "input, as timm's benchmark.py makes, create the model with check_inputs=False"
+        )
 
 
 def _check_values(image: Tensor, mask: Tensor) -> None:

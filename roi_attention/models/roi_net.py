@@ -12,9 +12,10 @@ Input: the packed ``(B,4,H,W)`` tensor (normalised RGB + mask channel), or ``mod
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -23,10 +24,10 @@ from timm.models._input import update_model_args
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..data.labels import COCO_CLASSES, OPENSURFACES_MATERIALS
+from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..layers.crop import crop_to_roi
 from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, resize_mask, split_roi_input
-from ..layers.merge import create_merge_layer
+from ..layers.merge import MaskAttentionMul, create_merge_layer
 
 __all__ = [
     "BACKBONES",
@@ -96,6 +97,12 @@ REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "opensurfaces": (("resnet50",), OPENSURFACES_MATERIALS),
 }
 
+# forward_regions runs the masks of a variant that shares little in groups of at most this many pixels (masks x
+# H x W) per forward, by device type. Measured on the CPU (BENCHMARKS.md): at 224x224 groups of 2 are fastest,
+# at 128x128 groups of 4-8, at 640x480 one mask at a time; larger groups run slower than one forward per mask.
+# Not yet measured on a GPU, where larger batches usually pay: the default keeps memory bounded.
+REGION_BATCH_PIXELS: dict[str, int] = {"cpu": 2 * 224 * 224, "default": 32 * 224 * 224}
+
 # The paper's tables compare the variants that merge the mask somewhere: region weights exist for those.
 PAPER_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.merge)
 
@@ -107,15 +114,21 @@ model_cfgs: dict[str, dict[str, str]] = {
 
 
 def _cfg(backbone: str, **kwargs: Any) -> dict[str, Any]:
-    """Pretrained config of an ROI model: the backbone's, with a 4th input channel for the mask."""
+    """Pretrained config of an ROI model: the backbone's, describing the photo (the mask comes with ``mask=``).
+
+    ``input_size``, ``mean`` and ``std`` are the photo's, and the eval geometry keeps the whole photo (longer
+    side to the input size, padded), so ``timm.data.create_transform(**config)`` gives the image that
+    ``model(image, mask=mask)`` takes, and no region is cropped away. A model made with ``in_chans=4`` describes
+    the packed input instead (``packed_input_cfg``).
+    """
     base = get_pretrained_cfg(f"{backbone}.{BACKBONES[backbone]}")
     cfg = dict(
-        input_size=(4, *base.input_size[1:]),
+        input_size=base.input_size,
         interpolation=base.interpolation,
-        crop_pct=base.crop_pct,
-        crop_mode=base.crop_mode,
-        mean=(*base.mean, 0.0),  # the mask channel passes through normalisation unchanged
-        std=(*base.std, 1.0),
+        crop_pct=1.0,
+        crop_mode="border",
+        mean=base.mean,
+        std=base.std,
         num_classes=base.num_classes,
         pool_size=base.pool_size,
         first_conv=f"backbone.{base.first_conv}",
@@ -123,7 +136,10 @@ def _cfg(backbone: str, **kwargs: Any) -> dict[str, Any]:
         license=base.license,
         paper_name="Classifying a specific image region using convolutional nets with an ROI mask as input",
         paper_ids="arXiv:1812.00291",
-        notes=("input: normalised RGB + ROI mask in {0,1} as channel 4", "mask_resize: max"),
+        notes=(
+            "input: normalised RGB image with mask= (B,1,H,W) in {0,1}, or both packed as 4 channels",
+            "mask_resize: max",
+        ),
     )
     cfg.update(kwargs)
     return cfg
@@ -167,6 +183,16 @@ def _has_own_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def first_conv_name(backbone: nn.Module) -> str:
+    """The module name of the backbone's first conv (timm's ``first_conv``)."""
+    first_conv = backbone.pretrained_cfg.get("first_conv")
+    if isinstance(first_conv, (tuple, list)):
+        first_conv = first_conv[0]
+    if not first_conv:
+        raise ValueError(f"{type(backbone).__name__} has no first_conv in its pretrained config")
+    return first_conv
+
+
 def resolve_merge_points(backbone: nn.Module, at: str | None) -> list[tuple[str, int]]:
     """``(module name, channels)`` of each point where the mask merges into ``backbone``.
 
@@ -175,11 +201,7 @@ def resolve_merge_points(backbone: nn.Module, at: str | None) -> list[tuple[str,
     """
     if at in (None, "image"):
         return []
-    first_conv = backbone.pretrained_cfg.get("first_conv")
-    if isinstance(first_conv, (tuple, list)):
-        first_conv = first_conv[0]
-    if not first_conv:
-        raise ValueError(f"{type(backbone).__name__} has no first_conv in its pretrained config")
+    first_conv = first_conv_name(backbone)
     stem = (first_conv, backbone.get_submodule(first_conv).out_channels)
     if at == "l1":
         return [stem]
@@ -206,7 +228,9 @@ class RoiAttentionNet(nn.Module):
         backbone: name of a timm CNN (its ``first_conv`` and ``feature_info`` give the merge points).
         variant: a key of ``VARIANTS``, how the mask enters the network.
         num_classes: classifier outputs.
-        in_chans: must be 4 (RGB + mask), the packed input's channels.
+        in_chans: the channels of the one tensor timm's tools hand the model: 3 (the photo; the mask comes with
+            ``mask=``) or 4 (photo and mask packed, for timm's benchmark and export scripts). The forward takes
+            both forms either way.
         mask_resize: how the mask is resized to a merge point: ``max`` (default; a one-pixel ROI reaches
             every merge point), ``area`` or ``bilinear`` (the paper author's; small ROIs can vanish).
         crop_margin: for ``crop``, the box grows by this fraction of its size on each side.
@@ -219,7 +243,7 @@ class RoiAttentionNet(nn.Module):
         backbone: str,
         variant: str,
         num_classes: int = 1000,
-        in_chans: int = 4,
+        in_chans: int = 3,
         mask_resize: str = "max",
         crop_margin: float = 0.1,
         check_inputs: bool = True,
@@ -228,10 +252,10 @@ class RoiAttentionNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown ROI variant {variant!r}, expected one of {tuple(VARIANTS)}")
-        if in_chans != 4:
+        if in_chans not in (3, 4):
             raise ValueError(
-                "ROI models take 4 input channels (RGB + mask), or a 3-channel image with mask=; "
-                f"got in_chans={in_chans}"
+                "ROI models take a 3-channel image with mask=, or the image and mask packed as 4 channels: "
+                f"in_chans is 3 or 4, got {in_chans}"
             )
         if mask_resize not in MASK_RESIZE_MODES:
             raise ValueError(f"unknown mask_resize {mask_resize!r}, expected one of {MASK_RESIZE_MODES}")
@@ -256,22 +280,14 @@ class RoiAttentionNet(nn.Module):
         for module_name, channels in self.merge_points:
             key = _merge_key(module_name)
             self.roi_branch[key] = create_merge_layer(self.variant.merge, channels)
-            self.backbone.get_submodule(module_name).register_forward_hook(partial(self._merge_hook, key))
+            self.backbone.get_submodule(module_name).register_forward_hook(partial(_merge_into_output, key))
         if self.variant.at == "image":
             self.roi_branch["image"] = create_merge_layer(self.variant.merge, 3)
-        self._active_mask: Tensor | None = None
+        if self.merge_points and not self.shares_trunk:  # by name, so that a replica runs its own conv
+            stem = first_conv_name(self.backbone)
+            self.backbone.get_submodule(stem).forward = partial(_first_conv_forward, stem)
 
     # -- the mask's way into the backbone ------------------------------------------------------------
-
-    def _merge_hook(self, key: str, module: nn.Module, args: Any, output: Tensor) -> Tensor:
-        mask = self._active_mask
-        if mask is None:
-            raise RuntimeError(
-                "the ROI model's backbone ran without a mask: call the ROI model itself, not model.backbone"
-            )
-        if output.shape[0] == 1 and mask.shape[0] > 1:  # forward_regions: the shared trunk ends here
-            output = output.expand(mask.shape[0], *output.shape[1:])
-        return self.roi_branch[key](output, resize_mask(mask, output.shape[-2:], self.mask_resize))
 
     def split_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(image, mask)`` from the packed input or an image and its mask, checked."""
@@ -284,12 +300,14 @@ class RoiAttentionNet(nn.Module):
             return self.roi_branch["image"](image, mask)
         return image
 
-    def _run_with_mask(self, mask: Tensor, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        previous, self._active_mask = self._active_mask, mask
+    def _run_with_mask(self, mask: Tensor, fn: Any, *args: Any, stem: list[Tensor] | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with ``mask`` visible to the merge points, in this thread and this call only."""
+        previous = getattr(_calls, "current", None)
+        _calls.current = _Call(self, mask, stem)
         try:
             return fn(*args, **kwargs)
         finally:
-            self._active_mask = previous
+            _calls.current = previous
 
     # -- timm model API ------------------------------------------------------------------------------
 
@@ -305,13 +323,29 @@ class RoiAttentionNet(nn.Module):
         """Logits ``(B, num_classes)`` for the packed ``(B,4,H,W)`` input, or an image with ``mask=``."""
         return self.forward_head(self.forward_features(x, mask))
 
-    def forward_regions(self, image: Tensor, masks: Tensor) -> Tensor:
-        """Logits ``(N, num_classes)`` for ``N`` regions of one photo: ``image`` ``(3,H,W)`` or ``(1,3,H,W)``,
-        ``masks`` ``(N,H,W)`` or ``(N,1,H,W)``.
+    @property
+    def shares_trunk(self) -> bool:
+        """Whether the regions of one photo share real work: the mask enters after the first stage (``_l3``),
+        or not at all (``full``). Elsewhere only the first conv, at most, is shared."""
+        if not self.merge_points:
+            return self.variant.merge is None and not self.variant.crop
+        return self.merge_points[0][0] != first_conv_name(self.backbone)
 
-        Everything before the first merge point runs once for the photo and only the rest once per mask, so
-        many regions cost little (for ``_l3`` variants the trunk up to the stride-16 stage is shared). The
-        logits equal ``model(image.expand(N, ...), mask=masks)``.
+    def regions_chunk_size(self, count: int, height: int, width: int, device: torch.device | str) -> int:
+        """How many masks of one photo ``forward_regions`` runs together by default (see ``REGION_BATCH_PIXELS``)."""
+        if self.shares_trunk:
+            return count
+        budget = REGION_BATCH_PIXELS.get(torch.device(device).type, REGION_BATCH_PIXELS["default"])
+        return max(1, min(count, budget // (height * width)))
+
+    def forward_regions(self, image: Tensor, masks: Tensor, chunk_size: int | None = None) -> Tensor:
+        """Logits ``(N, num_classes)`` for ``N`` regions of one photo: ``image`` ``(3,H,W)`` or ``(1,3,H,W)``,
+        ``masks`` ``(N,H,W)`` or ``(N,1,H,W)``; equal to ``model(image.expand(N, ...), mask=masks)``.
+
+        Everything before the first merge point runs once per group of masks and the rest once per mask. Where
+        that shares real work (``shares_trunk``: ``_l3``, ``full``) all masks go together; elsewhere they go in
+        groups of ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward
+        per region).
         """
         if image.ndim == 3:
             image = image.unsqueeze(0)
@@ -321,13 +355,22 @@ class RoiAttentionNet(nn.Module):
         count = masks.shape[0]
         if count == 0:
             raise RoiInputError("forward_regions got no masks")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         image, masks = self.split_input(image.expand(count, *image.shape[1:]), masks)
-        if not self.merge_points:
-            if self.variant.merge is None and not self.variant.crop:  # full: the mask is ignored
-                return self.forward_head(self.backbone.forward_features(image[:1])).expand(count, -1)
-            return self.forward(image, mask=masks)  # the mask changes the input itself: nothing to share
-        features = self._run_with_mask(masks, self.backbone.forward_features, image[:1])
-        return self.forward_head(features)
+        photo = image[:1]
+        if not self.merge_points and self.shares_trunk:  # full: the mask is ignored
+            return self._forward_regions_together(photo, masks[:1], []).expand(count, -1)
+        chunk = chunk_size or self.regions_chunk_size(count, *photo.shape[-2:], photo.device)
+        stem: list[Tensor] = []  # the first conv's output for the photo, computed for the first group only
+        logits = [self._forward_regions_together(photo, group, stem) for group in masks.split(chunk)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _forward_regions_together(self, photo: Tensor, masks: Tensor, stem: list[Tensor]) -> Tensor:
+        if not self.merge_points:  # the mask changes the input itself (or nothing): nothing to share
+            photo = self._backbone_input(photo.expand(masks.shape[0], *photo.shape[1:]), masks)
+        # else the merge points expand the photo's features to one per mask
+        return self.forward_head(self._run_with_mask(masks, self.backbone.forward_features, photo, stem=stem))
 
     def forward_intermediates(
         self,
@@ -385,8 +428,8 @@ class RoiAttentionNet(nn.Module):
             stage = self.backbone.get_submodule(info["module"])
             if not _has_own_parameters(stage):
                 continue
-            if enable:
-                stage.forward = partial(_checkpointed_forward, self, stage)
+            if enable:  # by name: a replica (nn.DataParallel) copies this and must run its own stage
+                stage.forward = partial(_checkpointed_forward, info["module"])
             else:
                 stage.__dict__.pop("forward", None)
 
@@ -396,16 +439,61 @@ class RoiAttentionNet(nn.Module):
         return {f"backbone.{name}" for name in inner}
 
 
-def _checkpointed_forward(model: RoiAttentionNet, stage: nn.Module, *args: Any) -> Any:
+class _Call(NamedTuple):
+    """One forward in progress: the model (or replica) that runs it, its mask and, in ``forward_regions``, the
+    photo's first-conv output once computed (shared by every group of masks)."""
+
+    model: RoiAttentionNet
+    mask: Tensor
+    stem: list[Tensor] | None = None
+
+
+# The forward in progress in each thread. A call sets it for its own duration and restores the caller's, so
+# threads sharing a model, re-entrant calls and DataParallel replicas (one thread each) never see another's mask.
+_calls = threading.local()
+
+
+def _current_call() -> _Call:
+    call = getattr(_calls, "current", None)
+    if call is None:
+        raise RuntimeError("the ROI model's backbone ran without a mask: call the ROI model itself, not model.backbone")
+    return call
+
+
+def _first_conv_forward(name: str, x: Tensor) -> Tensor:
+    """The first conv's forward where the mask merges right after it: in ``forward_regions`` it runs once for
+    the photo, whatever the number of groups of masks."""
+    model, _, stem = _current_call()
+    if stem:
+        return stem[0]
+    conv = model.backbone.get_submodule(name)
+    output = type(conv).forward(conv, x)
+    if stem is not None:
+        stem.append(output)
+    return output
+
+
+def _merge_into_output(key: str, module: nn.Module, args: Any, output: Tensor) -> Tensor:
+    """Forward hook of a merge point: merge the running call's mask into the module's output."""
+    model, mask, _ = _current_call()
+    merge = model.roi_branch[key]
+    resized = resize_mask(mask, output.shape[-2:], model.mask_resize)
+    if output.shape[0] == 1 and mask.shape[0] > 1:  # forward_regions: the shared trunk ends here
+        return merge(output.expand(mask.shape[0], *output.shape[1:]), resized)
+    if isinstance(merge, MaskAttentionMul) and not module._modules and len(args) == 1:
+        # A leaf (the first conv) keeps its input for its own backward: recompute the features from it.
+        return merge(output, resized, source=module, source_input=args[0])
+    return merge(output, resized)
+
+
+def _checkpointed_forward(stage_name: str, *args: Any) -> Any:
+    """A backbone stage's forward, recomputed in backward with the mask of the call that first ran it."""
+    model, mask, _ = _current_call()
+    stage = model.backbone.get_submodule(stage_name)
     forward = type(stage).forward
     if not (torch.is_grad_enabled() and model.training):
         return forward(stage, *args)
-    return checkpoint(
-        lambda mask, *inputs: model._run_with_mask(mask, forward, stage, *inputs),
-        model._active_mask,
-        *args,
-        use_reentrant=False,
-    )
+    return checkpoint(model._run_with_mask, mask, forward, stage, *args, use_reentrant=False)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) -> dict[str, Tensor]:
@@ -434,10 +522,23 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) 
     return state_dict
 
 
+def packed_input_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained config describing the packed ``(4,H,W)`` input: the mask channel is not normalised."""
+    return dict(cfg, input_size=(4, *cfg["input_size"][1:]), mean=(*cfg["mean"][:3], 0.0), std=(*cfg["std"][:3], 1.0))
+
+
+def image_input_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained config describing the ``(3,H,W)`` photo (from one that described the packed input)."""
+    return dict(cfg, input_size=(3, *cfg["input_size"][1:]), mean=tuple(cfg["mean"][:3]), std=tuple(cfg["std"][:3]))
+
+
 def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> RoiAttentionNet:
     built: list[RoiAttentionNet] = []
+    # Kept from timm's loader, which would widen the pretrained first conv to in_chans: the photo stays RGB.
+    in_chans = kwargs.pop("in_chans", 3)
 
     def construct(**model_kwargs: Any) -> RoiAttentionNet:
+        model_kwargs["in_chans"] = in_chans  # timm passes the config's 3 (the photo's channels)
         built.append(RoiAttentionNet(**model_cfgs[name], **model_kwargs))
         return built[-1]
 
@@ -456,6 +557,11 @@ def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> Roi
         raise PretrainedWeightsError(_weights_error_message(name, built[-1], error)) from error
     if isinstance(model, RoiAttentionNet):
         update_model_args(model, mask_resize=model.mask_resize, crop_margin=model.crop_margin)
+        if in_chans == 4:
+            update_model_args(model, in_chans=4)
+            model.pretrained_cfg = packed_input_cfg(model.pretrained_cfg)
+        elif len(model.pretrained_cfg.get("mean") or ()) == 4:  # saved when configs described the packed input
+            model.pretrained_cfg = image_input_cfg(model.pretrained_cfg)
     return model
 
 

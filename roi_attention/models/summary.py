@@ -11,7 +11,7 @@ from .roi_net import VARIANTS, model_cfgs
 
 def model_summary(name: str, input_size: tuple[int, int] | None = None) -> dict[str, float | int | str]:
     """Parameters and GMACs of one forward at the model's input size (built on the meta device: no memory)."""
-    with torch.device("meta"):
+    with torch.device("meta"), torch.no_grad():
         model = timm.create_model(name, check_inputs=False).eval()
         size = input_size or tuple(model.pretrained_cfg["input_size"][1:])
         x = torch.zeros(1, 4, *size)

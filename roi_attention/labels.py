@@ -1,4 +1,4 @@
-"""Class names of the paper's two region datasets."""
+"""Class names of the paper's two region datasets, shared by the pretrained configs and the dataset builders."""
 
 from __future__ import annotations
 

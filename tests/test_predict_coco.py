@@ -1,0 +1,105 @@
+"""`roi-attention predict --coco-annotations`: every region of a COCO-format file, bad entries skipped and counted."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from roi_attention.cli import main
+from roi_attention.hub import load_model, save_model
+from roi_attention.predict import decode_segmentation, predict_regions, read_photo
+
+from .conftest import make_model, randomize_side_branch
+from .data_fixtures import write_coco_fixture
+
+LABELS = ["person", "airplane", "cat", "cup", "spoon"]  # all among the fixture's categories
+
+
+@pytest.fixture(scope="module")
+def coco_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detections")
+    fixture = write_coco_fixture(root / "coco")
+    model = make_model("roi_resnet18_add_l3")
+    randomize_side_branch(model)
+    folder = save_model(model, root / "model", label_names=LABELS)
+    return fixture, folder
+
+
+def test_every_annotation_is_classified_as_predict_regions_would_and_bad_ones_are_counted(
+    coco_and_model, tmp_path, capsys
+):
+    fixture, folder = coco_and_model
+    out = tmp_path / "predictions.json"
+    code = main(
+        ["predict", "--model", str(folder), "--coco-annotations", str(fixture["annotations"]),
+         "--images", str(fixture["images_dir"]), "--out", str(out), "--topk", "3"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    results = json.loads(out.read_text())
+    coco = json.loads(fixture["annotations"].read_text())
+    images = {image["id"]: image for image in coco["images"]}
+    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
+    model = load_model(str(folder))
+    # The reference: each region alone through predict_regions, the photo read here.
+    photos = {}
+    for result in results:
+        info = images[result["image_id"]]
+        annotation = next(
+            a for a in coco["annotations"] if a["id"] == result["annotation_id"] and a["image_id"] == info["id"]
+        )
+        if info["id"] not in photos:
+            photos[info["id"]] = read_photo(fixture["images_dir"] / info["file_name"])
+        photo = photos[info["id"]]
+        mask = decode_segmentation(annotation["segmentation"], photo.shape[:2])
+        (alone,) = predict_regions(model, photo, [mask], topk=3)
+        assert result["label"] == alone[0]["label"]
+        assert result["score"] == pytest.approx(alone[0]["probability"], abs=1e-5)
+        assert [p["label"] for p in result["topk"]] == [p["label"] for p in alone]
+        assert result["category_id"] == category_ids[result["label"]]
+        assert np.array_equal(decode_segmentation(result["segmentation"], photo.shape[:2]), mask)
+    # Every annotation with a usable photo and a non-empty mask, crowd and unknown categories included.
+    skipped = {"empty mask": 1, "mask outside the image": 1, "photo missing or unreadable": 2}
+    assert len(results) == len(coco["annotations"]) - sum(skipped.values())
+    report = json.loads((tmp_path / "predictions.report.json").read_text())
+    assert report["skipped"] == skipped
+    assert report["regions_kept"] == len(results)
+    assert f"classified {len(results)} regions of" in printed and "skipped 2: photo missing or unreadable" in printed
+    # pycocotools reads the file as detection results, ready for COCOeval.
+    ground_truth = COCO()
+    ground_truth.dataset = coco
+    ground_truth.createIndex()
+    loaded = ground_truth.loadRes(str(out))
+    assert len(loaded.anns) == len(results)
+
+
+def test_a_file_that_is_not_coco_is_refused_and_nothing_is_written(coco_and_model, tmp_path, capsys):
+    fixture, folder = coco_and_model
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 1}]))
+    out = tmp_path / "predictions.json"
+    args = ["predict", "--model", str(folder), "--images", str(fixture["images_dir"]), "--out", str(out)]
+    assert main([*args, "--coco-annotations", str(bad)]) == 2
+    assert "not a COCO-format file" in capsys.readouterr().err
+    assert main(["predict", "--model", str(folder), "--coco-annotations", str(bad)]) == 2
+    assert "needs --images" in capsys.readouterr().err
+    assert not list(tmp_path.glob("predictions*"))
+
+
+def test_photos_are_read_once_with_all_their_regions_together(coco_and_model, tmp_path, monkeypatch):
+    from roi_attention import predict
+
+    fixture, folder = coco_and_model
+    model = load_model(str(folder))
+    calls, reads = [], []
+    classify, read = predict.predict_regions, predict.read_photo
+    monkeypatch.setattr(predict, "predict_regions", lambda *a, **k: calls.append(len(a[2])) or classify(*a, **k))
+    monkeypatch.setattr(predict, "read_photo", lambda path: reads.append(path) or read(path))
+    out = tmp_path / "p.json"
+    predict.predict_coco_annotations(model, fixture["annotations"], fixture["images_dir"], out, progress=False)
+    per_photo = {}
+    for result in json.loads(out.read_text()):
+        per_photo[result["image_id"]] = per_photo.get(result["image_id"], 0) + 1
+    assert sorted(calls) == sorted(per_photo.values()) and max(calls) > 1  # one call per photo, all its regions
+    assert len(reads) == len(set(reads))  # each photo read once
