@@ -242,6 +242,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    try:
+        from .app import launch
+    except ImportError as error:
+        raise ImportError(f"the app needs the app extra: pip install 'roi-attention[app]' ({error})") from error
+    launch(args.model, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roi-attention", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -360,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     original.add_argument("--overwrite", action="store_true")
     original.set_defaults(run=_cmd_convert_original)
+
+    app = commands.add_parser("app", help="a browser app: classify the regions you paint or upload (Gradio)")
+    app.add_argument(
+        "--model",
+        action="append",
+        help="registered name, saved folder or Hub id; repeat for several (default: the model of make demo)",
+    )
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    app.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    app.set_defaults(run=_cmd_app)
 
     demo = commands.add_parser(
         "demo", help="build context scenes, fine-tune an ROI model on the CPU, evaluate it, card it, predict"

@@ -130,38 +130,116 @@ def predict_regions(
     ]
 
 
-def draw_predictions(
-    photo: np.ndarray, masks: Sequence[np.ndarray], predictions: list[list[dict[str, Any]]], path: str | os.PathLike
-) -> None:
-    """Save the photo with each region outlined and labelled with its best class."""
+DISPLAY_LONG_SIDE = 800  # pixels of the photo's long side in a rendered picture
+LEGEND_WIDTH = 380
+
+
+def region_colours(count: int) -> list[tuple[float, float, float]]:
+    """``count`` distinct RGB colours (0-1) for region outlines: tab10, then tab20, then evenly spaced hues."""
+    import matplotlib
+
+    if count <= 10:
+        return [matplotlib.colormaps["tab10"](i)[:3] for i in range(count)]
+    if count <= 20:
+        return [matplotlib.colormaps["tab20"](i)[:3] for i in range(count)]
+    return [matplotlib.colors.hsv_to_rgb((i / count, 0.9, 0.9)) for i in range(count)]
+
+
+def _label_point(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the region's pixel farthest from its border: inside the region even when it is not convex."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    return float(x), float(y)
+
+
+def render_predictions(
+    photo: np.ndarray,
+    masks: Sequence[np.ndarray],
+    predictions: list[list[dict[str, Any]]],
+    legend_topk: int = 3,
+) -> Image.Image:
+    """The photo scaled to a readable size (long side ``DISPLAY_LONG_SIDE``), each region outlined in its own
+    colour and numbered at its inside, and a legend beside it with each number's best ``legend_topk`` classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
 
     height, width = photo.shape[:2]
-    figure = plt.figure(figsize=(width / 100, height / 100), dpi=100)
-    axis = figure.add_axes((0, 0, 1, 1))
-    axis.imshow(photo)
-    colours = plt.get_cmap("tab10")
-    for number, (mask, prediction) in enumerate(zip(masks, predictions, strict=True)):
-        colour = colours(number % 10)
-        axis.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=2)
-        ys, xs = np.nonzero(mask)
-        best = prediction[0]
-        axis.text(
-            xs.mean(),
-            ys.min(),
-            f"{number + 1}: {best['label']} {best['probability']:.0%}",
+    scale = DISPLAY_LONG_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS  # small photos stay sharp
+    shown = np.asarray(Image.fromarray(photo).resize(size, resample))
+    shown_masks = [
+        np.asarray(Image.fromarray(np.asarray(m) != 0).resize(size, Image.Resampling.NEAREST)) for m in masks
+    ]
+    colours = region_colours(len(masks))
+    line_height = 22 * (legend_topk + 1)
+    figure_height = max(size[1], 60 + line_height * len(masks))
+    figure = plt.figure(figsize=((size[0] + LEGEND_WIDTH) / 100, figure_height / 100), dpi=100)
+    total = size[0] + LEGEND_WIDTH
+    photo_axis = figure.add_axes((0, 1 - size[1] / figure_height, size[0] / total, size[1] / figure_height))
+    photo_axis.imshow(shown, interpolation="nearest")
+    photo_axis.set_axis_off()
+    for number, (mask, colour) in enumerate(zip(shown_masks, colours, strict=True), start=1):
+        if not mask.any():
+            continue
+        outline = photo_axis.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=2.5)
+        outline.set_path_effects([patheffects.withStroke(linewidth=5, foreground="white")])  # visible on any photo
+        x, y = _label_point(mask)
+        photo_axis.text(
+            x,
+            y,
+            str(number),
             color="white",
-            fontsize=10,
+            fontsize=13,
+            fontweight="bold",
             ha="center",
-            va="bottom",
-            bbox=dict(facecolor=colour, alpha=0.8, pad=2),
+            va="center",
+            bbox=dict(boxstyle="circle,pad=0.25", facecolor=colour, edgecolor="white", linewidth=1.5),
         )
-    axis.axis("off")
-    figure.savefig(path)
+    legend = figure.add_axes((size[0] / total, 0, LEGEND_WIDTH / total, 1))
+    legend.set_axis_off()
+    legend.set_xlim(0, LEGEND_WIDTH)
+    legend.set_ylim(figure_height, 0)
+    for row, (prediction, colour) in enumerate(zip(predictions, colours, strict=True)):
+        top = 20 + row * line_height
+        legend.text(
+            16,
+            top + 10,
+            str(row + 1),
+            color="white",
+            fontsize=12,
+            fontweight="bold",
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="circle,pad=0.25", facecolor=colour, edgecolor="none"),
+        )
+        for rank, guess in enumerate(prediction[:legend_topk]):
+            legend.text(
+                36,
+                top + 10 + 22 * rank,
+                f"{guess['label']}  {guess['probability']:.0%}",
+                va="center",
+                fontsize=12 if rank == 0 else 10,
+                fontweight="bold" if rank == 0 else "normal",
+                color="black" if rank == 0 else "dimgray",
+            )
+    canvas = figure.canvas
+    canvas.draw()
+    rendered = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
     plt.close(figure)
+    return rendered
+
+
+def draw_predictions(
+    photo: np.ndarray, masks: Sequence[np.ndarray], predictions: list[list[dict[str, Any]]], path: str | os.PathLike
+) -> None:
+    """Save ``render_predictions`` of the photo, its regions and their predictions as an image file."""
+    render_predictions(photo, masks, predictions).save(path)
 
 
 def predict_coco_annotations(

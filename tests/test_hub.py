@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,17 @@ from roi_attention.hub.cards import RESULTS_NAME
 from roi_attention.models import VARIANTS
 
 from .data_fixtures import write_coco_fixture
-from .hub_server import OlahMirror, UploadHub, commit_files, free_port, git, hub_env
+from .hub_server import (
+    FaultyPull,
+    OlahMirror,
+    UploadHub,
+    commit_files,
+    free_port,
+    git,
+    hub_env,
+    lfs_object_path,
+    published_bytes,
+)
 
 ORG = "roi-attention"
 PAPER_VARIANTS = [name for name, variant in VARIANTS.items() if variant.merge]
@@ -39,7 +50,9 @@ def hub(tmp_path_factory):
     mirrors.mkdir()
     upload = UploadHub(mirrors)
     olah = OlahMirror(root, mirrors)
-    yield dict(root=root, mirrors=mirrors, upload=upload, olah=olah)
+    pull = FaultyPull(olah.endpoint)
+    yield dict(root=root, mirrors=mirrors, upload=upload, olah=olah, pull=pull)
+    pull.close()
     upload.close()
     olah.close()
 
@@ -73,18 +86,28 @@ def saved_model(folder: Path, name: str, seed: int, **kwargs) -> Path:
     return save_model(model, folder, overwrite=True)
 
 
-def test_every_variant_round_trips_through_hf_hub_ids_registry_tags_and_the_offline_cache(hub, tmp_path):
+def _compare_pulled(specs: dict[str, Path]) -> str:
+    """Code that loads each spec with timm and prints whether its weights equal the local folder's, bit for bit."""
+    folders = {spec: str(folder) for spec, folder in specs.items()}
+    return f"""
+        import json, timm, torch
+        import roi_attention
+        from safetensors.torch import load_file
+        out = {{}}
+        for spec, folder in {folders!r}.items():
+            expected = load_file(folder + "/model.safetensors")
+            state = timm.create_model(spec, pretrained=True).state_dict()
+            out[spec] = state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+        print(json.dumps(out))
+    """
+
+
+def test_every_variant_round_trips_through_hf_hub_ids_and_the_offline_cache(hub, tmp_path):
     local = {}
-    for variant in VARIANTS:  # every variant, by its hf-hub id
-        name = f"roi_resnet18_{variant}"
+    for variant in VARIANTS:  # every variant, by its hf-hub id; 18 MB each, so through LFS
+        name = f"roi_tf_efficientnet_lite0_{variant}"
         local[f"hf-hub:{ORG}/{name}"] = saved_model(tmp_path / name, name, seed=len(local), num_classes=3)
-    for variant in PAPER_VARIANTS:  # the registry tags whose hf_hub_id points at the org
-        name = f"roi_resnet50_{variant}"
-        local[f"{name}.coco"] = saved_model(tmp_path / name, name, seed=len(local), num_classes=80)
-    pushes = {
-        str(folder): spec.split(":", 1)[1] if spec.startswith("hf-hub:") else f"{ORG}/{spec}"
-        for spec, folder in local.items()
-    }
+    pushes = {str(folder): spec.split(":", 1)[1] for spec, folder in local.items()}
     push = run_python(
         f"""
         import json
@@ -96,28 +119,12 @@ def test_every_variant_round_trips_through_hf_hub_ids_registry_tags_and_the_offl
     )
     urls = last_json(push)
     assert len(urls) == len(local) and all("/commit/" in url for url in urls.values())
-
-    def compare(specs):
-        folders = {spec: str(local[spec]) for spec in specs}
-        return f"""
-            import json, timm, torch
-            import roi_attention
-            from safetensors.torch import load_file
-            out = {{}}
-            for spec, folder in {folders!r}.items():
-                expected = load_file(folder + "/model.safetensors")
-                state = timm.create_model(spec, pretrained=True).state_dict()
-                out[spec] = state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
-            print(json.dumps(out))
-        """
-
     cache = tmp_path / "pull-cache"
-    pulled = last_json(run_python(compare(local), hub["olah"].endpoint, cache))
-    assert len(pulled) == len(VARIANTS) + len(PAPER_VARIANTS) and all(pulled.values()), pulled
-    # Pulled once, they load again with HF_HUB_OFFLINE=1 from the cache (one resnet50 tag stands for all eight).
-    again = [spec for spec in local if spec.startswith("hf-hub:")] + ["roi_resnet50_add_l1.coco"]
-    offline = last_json(run_python(compare(again), "http://127.0.0.1:9", cache, offline=True))
-    assert offline == {spec: True for spec in again}
+    pulled = last_json(run_python(_compare_pulled(local), hub["olah"].endpoint, cache))
+    assert pulled == dict.fromkeys(local, True)
+    # Pulled once, they load again with HF_HUB_OFFLINE=1 from the cache.
+    offline = last_json(run_python(_compare_pulled(local), "http://127.0.0.1:9", cache, offline=True))
+    assert offline == dict.fromkeys(local, True)
 
 
 @pytest.fixture(scope="module")
@@ -208,19 +215,19 @@ def test_network_faults_give_clear_errors_and_leave_the_published_revision_intac
     changed = saved_model(tmp_path / "v2", "roi_resnet18_add_l3", seed=2, num_classes=4)
 
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    # A fault on every attempt (huggingface_hub retries a commit five times), then nothing listening at all.
+    # A fault on the commit, then nothing listening at all.
     for fault, endpoint, expected in (
         ("500", upload.endpoint, "500"),
         ("drop", upload.endpoint, "keeps its previous revision"),
         (None, down, "nothing was sent"),
     ):
-        upload.fault, upload.fault_count = fault, 100
+        upload.faults = [[fault, "commit", 100]]
         run = run_cli(["push", "--model-dir", str(changed), "--repo-id", repo], endpoint, tmp_path)
         assert run.returncode == 2, run.stdout + run.stderr
         assert "roi-attention: publishing" in run.stderr and expected in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
         assert git(published, "rev-parse", "HEAD") == first
-    upload.fault_count = 0
+    upload.faults = []
     pull = f"""
         import json, timm, torch, roi_attention
         state = timm.create_model("hf-hub:{repo}", pretrained=True).state_dict()
@@ -228,11 +235,14 @@ def test_network_faults_give_clear_errors_and_leave_the_published_revision_intac
     """
     checksum = sum(v.double().sum() for v in load_file(str(folder / "model.safetensors")).values()).item()
     assert last_json(run_python(pull, hub["olah"].endpoint, tmp_path / "cache")) == pytest.approx(checksum, abs=0)
-    # A connection dropped once is retried: the new weights land, as exactly one commit.
-    upload.fault, upload.fault_count = "drop", 1
-    assert run_cli(["push", "--model-dir", str(changed), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
-    assert upload.fault_count == 0 and git(published, "rev-parse", "HEAD~1") == first
-    assert (published / "model.safetensors").read_bytes() == (changed / "model.safetensors").read_bytes()
+    # A connection dropped once: huggingface_hub never retries a commit (a lost answer would commit twice), so
+    # the push fails as above; the same command again lands the new weights, as exactly one commit.
+    upload.faults = [["drop", "commit", 1]]
+    push = ["push", "--model-dir", str(changed), "--repo-id", repo]
+    assert run_cli(push, upload.endpoint, tmp_path).returncode == 2 and git(published, "rev-parse", "HEAD") == first
+    assert run_cli(push, upload.endpoint, tmp_path).returncode == 0
+    assert upload.faults[0][2] == 0 and git(published, "rev-parse", "HEAD~1") == first
+    assert published_bytes(published, "model.safetensors") == (changed / "model.safetensors").read_bytes()
 
 
 def test_broken_repositories_on_the_hub_give_errors_that_say_what_is_wrong(hub, tmp_path):
@@ -336,5 +346,177 @@ def test_training_publishes_its_model_with_push_to_hub(hub, region_dataset, tmp_
     published = hub["mirrors"] / "models" / repo
     assert "eval_results.json" in git(published, "ls-files").split()
     local = tmp_path / "run" / "model"
-    assert (published / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+    assert published_bytes(published, "model.safetensors") == (local / "model.safetensors").read_bytes()
     assert f'timm.create_model("hf-hub:{repo}"' in (published / "README.md").read_text()
+
+
+# -- the Hub at real size: a ResNet50 (about 100 MB) through Git LFS -------------------------------------------
+
+MEASURED_PUSH = """
+import json, sys, time
+import roi_attention.cli  # imported before the measurement starts
+
+
+def status(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) / 1024 for line in handle if line.startswith(field + ":"))
+
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak resident memory starts again from here
+before, start = status("VmRSS"), time.perf_counter()
+code = roi_attention.cli.main(sys.argv[1:])
+print(json.dumps(dict(code=code, seconds=time.perf_counter() - start, before_mb=before, peak_mb=status("VmHWM"))))
+"""
+
+
+def measured_push(folder: Path, repo: str, endpoint: str, cache: Path):
+    command = [sys.executable, "-c", MEASURED_PUSH, "push", "--model-dir", str(folder), "--repo-id", repo]
+    return subprocess.run(command, capture_output=True, text=True, env=hub_env(endpoint, cache), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """A roi_resnet50_add_l1 folder, about 100 MB of weights, every weight random."""
+    return saved_model(tmp_path_factory.mktemp("big") / "model", "roi_resnet50_add_l1", seed=11, num_classes=80)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_a_real_size_model_goes_through_lfs_both_ways(hub, big_model, tmp_path):
+    upload, repo = hub["upload"], f"{ORG}/roi_resnet50_add_l1.coco"  # the registry tag's repository
+    weights = big_model / "model.safetensors"
+    size, oid = weights.stat().st_size, _sha256(weights)
+    assert size > 90e6
+    upload.requests.clear()
+    run = measured_push(big_model, repo, upload.endpoint, tmp_path / "push")
+    pushed = last_json(run)
+    assert pushed["code"] == 0, run.stderr[-3000:]
+    # The LFS path, multipart: the batch call, one PUT per 32 MB part, the completion, the verification.
+    calls = [r.split("?")[0] for r in upload.requests]
+    assert f"POST /{repo}.git/info/lfs/objects/batch" in calls
+    assert sum(c.startswith(f"PUT /lfs/part/models/{repo}/{oid}/") for c in calls) == -(-size // (32 << 20))
+    assert f"POST /lfs/complete/models/{repo}/{oid}" in calls and f"POST /lfs/verify/models/{repo}/{oid}" in calls
+    published = hub["mirrors"] / "models" / repo
+    pointer = git(published, "show", "HEAD:model.safetensors")
+    assert pointer == f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}"
+    assert _sha256(lfs_object_path(published, oid)) == oid
+    # The pushing process never held the file (let alone twice): the weights stream from disk.
+    added_mb = pushed["peak_mb"] - pushed["before_mb"]
+    print(f"push of {size / 1e6:.0f} MB: {pushed['seconds']:.1f} s, peak memory +{added_mb:.0f} MB")
+    assert added_mb < 0.5 * size / 2**20, pushed
+
+    # Pulled by hf-hub id and by the registry tag, bit for bit; then again offline from the cache.
+    specs = {f"hf-hub:{repo}": big_model, "roi_resnet50_add_l1.coco": big_model}
+    start = time.perf_counter()
+    pulled = last_json(run_python(_compare_pulled(specs), hub["olah"].endpoint, tmp_path / "pull"))
+    print(f"pull and load of both: {time.perf_counter() - start:.1f} s")
+    assert pulled == dict.fromkeys(specs, True)
+    offline = last_json(run_python(_compare_pulled(specs), "http://127.0.0.1:9", tmp_path / "pull", offline=True))
+    assert offline == dict.fromkeys(specs, True)
+
+
+def test_faults_in_big_transfers_say_what_happened_and_publish_nothing_half(hub, big_model, tmp_path):
+    upload, repo = hub["upload"], f"{ORG}/big-faults"
+    small = saved_model(tmp_path / "small", "roi_resnet18_add_l3", seed=5, num_classes=80)
+    assert run_cli(["push", "--model-dir", str(small), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
+    published = hub["mirrors"] / "models" / repo
+    first, oid = git(published, "rev-parse", "HEAD"), _sha256(big_model / "model.safetensors")
+    push = ["push", "--model-dir", str(big_model), "--repo-id", repo]
+    # Every upload of a part dropped halfway (after huggingface_hub's retries), and the batch call answering 500.
+    for fault in (["drop", "upload", 100], ["500", "batch", 100]):
+        upload.faults = [fault]
+        run = run_cli(push, upload.endpoint, tmp_path)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        # One line from us; huggingface_hub's own retry warnings and progress bars come before it.
+        message = [line for line in run.stderr.splitlines() if line.startswith("roi-attention:")]
+        assert len(message) == 1 and "keeps its previous revision" in message[0], run.stderr
+        assert git(published, "rev-parse", "HEAD") == first
+        assert not lfs_object_path(published, oid).exists()  # no object, not even a part of one
+        assert not any((published / ".git" / "lfs" / "incomplete").glob(f"{oid}.*.*"))
+    assert "500" in message[0]
+    # One dropped part is retried by huggingface_hub: the model lands as one commit.
+    upload.faults = [["drop", "upload", 1]]
+    assert run_cli(push, upload.endpoint, tmp_path).returncode == 0
+    assert upload.faults[0][2] == 0 and git(published, "rev-parse", "HEAD~1") == first
+    assert _sha256(lfs_object_path(published, oid)) == oid
+
+    # A pull interrupted halfway through the weights: once (huggingface_hub retries on its own), then on every
+    # attempt (a clear error), then a repeated pull completes with the right bytes.
+    pull, spec = hub["pull"], {f"hf-hub:{repo}": big_model}
+    pull.pattern, pull.drops = "model.safetensors", 1
+    assert last_json(run_python(_compare_pulled(spec), pull.endpoint, tmp_path / "once")) == {f"hf-hub:{repo}": True}
+    gets = [r for r in pull.requests if r.startswith("GET") and "model.safetensors" in r]
+    half = (big_model / "model.safetensors").stat().st_size // 2
+    # The broken transfer, then one resumed from what had been written (whole chunks, up to the break).
+    assert len(gets) == 2 and pull.drops == 0 and 0 < int(gets[1].split("bytes=")[1].rstrip("-")) <= half, gets
+    pull.drops = 100
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray(np.full((48, 64), 255, np.uint8)).save(tmp_path / "mask.png")
+    predict = ["predict", "--model", f"hf-hub:{repo}", "--image", str(tmp_path / "photo.png")]
+    failed = run_cli([*predict, "--mask", str(tmp_path / "mask.png")], pull.endpoint, tmp_path / "every")
+    pull.drops = 0
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    message = [line for line in failed.stderr.splitlines() if line.startswith("roi-attention:")]
+    assert len(message) == 1 and f"weights of 'hf-hub:{repo}' from the Hub" in message[0], failed.stderr
+    assert "run the same command again" in failed.stderr.splitlines()[-1], failed.stderr
+    pull.requests.clear()
+    again = run_python(_compare_pulled(spec), pull.endpoint, tmp_path / "every")
+    assert last_json(again) == {f"hf-hub:{repo}": True}
+
+
+def test_with_hf_xet_installed_huggingface_hub_uploads_through_xet_and_a_git_lfs_hub_gets_a_clear_error(hub, tmp_path):
+    pytest.importorskip("hf_xet", reason="hf_xet is not installed: huggingface_hub takes the Git LFS path")
+    upload, repo = hub["upload"], f"{ORG}/xet-path"
+    folder = saved_model(tmp_path / "model", "roi_tf_efficientnet_lite0_add_l1", seed=3, num_classes=3)  # 18 MB
+    upload.requests.clear()
+    env = {**hub_env(upload.endpoint, tmp_path / "cache"), "HF_HUB_DISABLE_XET": "0"}
+    command = [sys.executable, "-m", "roi_attention.cli", "push", "--model-dir", str(folder), "--repo-id", repo]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    # huggingface_hub asked for a Xet write token (its path whenever hf_xet is installed), never the LFS batch.
+    assert any("/xet-write-token/" in request for request in upload.requests), upload.requests
+    assert not any("/info/lfs/objects/batch" in request for request in upload.requests)
+    message = [line for line in run.stderr.splitlines() if line.startswith("roi-attention:")]
+    assert run.returncode == 2 and len(message) == 1 and "HF_HUB_DISABLE_XET=1" in message[0], run.stderr
+    assert not (hub["mirrors"] / "models" / repo / ".git" / "refs" / "heads" / "main").exists()
+    # The path this server offers, Git LFS, is what every other test here takes (hub_env disables Xet).
+    assert run_cli(["push", "--model-dir", str(folder), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
+
+
+def test_timms_own_push_to_hf_hub_publishes_an_roi_model_that_hf_hub_loading_rebuilds(hub, tmp_path):
+    upload, repo = hub["upload"], f"{ORG}/timm-pushed"
+    model = timm.create_model("roi_resnet18_mul_all", num_classes=3)
+    folder = save_model(model, tmp_path / "model", label_names=["cat", "dog", "cup"])
+    push = run_python(
+        f"""
+        import json, timm
+        from roi_attention.hub import load_model
+        model = load_model({str(folder)!r})  # its config carries the label names
+        timm.models.push_to_hf_hub(model, {repo!r}, safe_serialization=True)
+        print(json.dumps(True))
+        """,
+        upload.endpoint,
+        tmp_path / "push",
+    )
+    assert last_json(push) is True
+    published = hub["mirrors"] / "models" / repo
+    assert sorted(git(published, "ls-tree", "--name-only", "HEAD").split()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    config = json.loads(git(published, "show", "HEAD:config.json"))
+    assert config["architecture"] == "roi_resnet18_mul_all" and config["model_args"]["num_classes"] == 3
+    assert config["pretrained_cfg"]["label_names"] == ["cat", "dog", "cup"]
+    spec = {f"hf-hub:{repo}": folder}
+    assert last_json(run_python(_compare_pulled(spec), hub["olah"].endpoint, tmp_path / "pull")) == {
+        f"hf-hub:{repo}": True
+    }

@@ -10,6 +10,7 @@ from typing import Any
 import timm
 import torch
 from huggingface_hub import HfApi, constants
+from huggingface_hub.utils._runtime import is_xet_available
 from safetensors import SafetensorError, safe_open
 from timm.models import split_model_name_tag
 
@@ -153,9 +154,14 @@ def publish(
             if created
             else "nothing was sent"
         )
+        retry = "Run the same command again to retry."
+        if is_xet_available() and "xet" in str(error).lower():
+            retry = (
+                "hf_xet is installed, so huggingface_hub uploads through Xet storage, which this endpoint does not "
+                "offer: set HF_HUB_DISABLE_XET=1 to upload through Git LFS."
+            )
         raise HubPublishError(
             f"publishing {folder} to {api.endpoint} as {repo_type} {repo_id} failed "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); {state}. "
-            "Run the same command again to retry."
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); {state}. " + retry
         ) from error
     return commit.commit_url

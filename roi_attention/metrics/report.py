@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -70,27 +71,93 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> list[Path]
     return [out / name for name in ("results.json", "results.md", "results.csv", "accuracy_by_size.png")]
 
 
+FEW_REGIONS = 30  # a bin with fewer regions than this is drawn hollow, with its 95% interval
+
+
+def wilson_interval(correct: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy of ``correct`` out of ``count``."""
+    if count == 0:
+        return 0.0, 1.0
+    p = correct / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def plot_accuracy_by_size(results: dict[str, Any], path: Path) -> None:
-    """Accuracy against ROI size, one line per model, per class and pooled side by side."""
+    """Save ``accuracy_by_size_figure`` of ``results`` as an image."""
+    import matplotlib.pyplot as plt
+
+    figure = accuracy_by_size_figure(results)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def accuracy_by_size_figure(results: dict[str, Any]):
+    """Accuracy against ROI size, one line per model, per class and pooled side by side. Marker area grows with
+    the regions behind a point; bins with fewer than ``FEW_REGIONS`` are hollow, with the pooled accuracy's 95%
+    Wilson interval; bins no model has regions in are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    entries = results["models"]
+    names = [row["bin"] for row in next(iter(entries.values()))["metrics"]["size_bins"]]
+    counts = [max(e["metrics"]["size_bins"][i]["num_regions"] for e in entries.values()) for i in range(len(names))]
+    shown = [i for i, count in enumerate(counts) if count > 0]
+    largest = max(counts) if shown else 1
+    figure, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    colours = matplotlib.colormaps["tab10"]
     for axis, key, title in zip(
         axes, ("mean_class_accuracy", "pooled_accuracy"), ("mean accuracy per class", "pooled accuracy"), strict=True
     ):
-        for model, entry in results["models"].items():
+        for number, (model, entry) in enumerate(entries.items()):
+            colour = colours(number % 10)
             bins = entry["metrics"]["size_bins"]
-            xs = [i for i, b in enumerate(bins) if b[key] is not None]
-            axis.plot(xs, [100 * bins[i][key] for i in xs], marker="o", label=model)
-        axis.set_xticks(range(len(SIZE_BIN_NAMES)), SIZE_BIN_NAMES, rotation=45, ha="right", fontsize=8)
-        axis.set_xlabel("region size (pixels in the original image)")
+            points = [(x, bins[i]) for x, i in enumerate(shown) if bins[i][key] is not None and bins[i]["num_regions"]]
+            if not points:
+                continue
+            # Several models' points and intervals side by side within their bin.
+            dodge = 0.3 * (number / (len(entries) - 1) - 0.5) if len(entries) > 1 else 0.0
+            points = [(x + dodge, row) for x, row in points]
+            xs = [x for x, _ in points]
+            ys = [100 * row[key] for _, row in points]
+            axis.plot(xs, ys, color=colour, alpha=0.5, linewidth=1.5, label=model)
+            for x, row in points:
+                count, value = row["num_regions"], 100 * row[key]
+                few = count < FEW_REGIONS
+                area = 25 + 275 * math.sqrt(count / largest)
+                axis.scatter(
+                    [x], [value], s=area, color=colour, facecolors="white" if few else colour, linewidths=1.5, zorder=3
+                )
+                if few and key == "pooled_accuracy":
+                    low, high = wilson_interval(row[key] * count, count)
+                    axis.errorbar(
+                        [x],
+                        [value],
+                        yerr=[[value - 100 * low], [100 * high - value]],
+                        color=colour,
+                        capsize=3,
+                        linewidth=1,
+                        zorder=2,
+                    )
+        labels = [f"{names[i]}\nn={counts[i]}" for i in shown]
+        wide = len(shown) > 6
+        axis.set_xticks(
+            range(len(shown)), labels, rotation=45 if wide else 0, ha="right" if wide else "center", fontsize=8
+        )
+        axis.set_xlabel("region size (pixels in the original image); n = regions in the bin")
         axis.set_title(title)
+        axis.set_ylim(-3, 103)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    handles += [
+        plt.Line2D([], [], marker="o", linestyle="", color="gray", markersize=9),
+        plt.Line2D([], [], marker="o", linestyle="", color="gray", markerfacecolor="white", markersize=9),
+    ]
+    labels += ["marker area ~ regions in the bin", f"hollow: < {FEW_REGIONS} regions (95% interval)"]
+    axes[1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure

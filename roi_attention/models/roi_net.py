@@ -565,11 +565,27 @@ def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> Roi
     return model
 
 
+def _is_transfer_error(error: BaseException) -> bool:
+    """Whether ``error`` (or what it was raised from) is a network failure of an HTTP client."""
+    while error is not None:
+        if type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _weights_error_message(name: str, model: RoiAttentionNet, error: Exception) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     tag = cfg.get("tag")
     full_name = f"{name}.{tag}" if tag else name
+    if cfg.get("source") == "hf-hub":
+        full_name = f"hf-hub:{cfg['hf_hub_id']}"
     source = cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "no weight source"
+    if cfg.get("hf_hub_id") and not cfg.get("file") and _is_transfer_error(error):
+        return (
+            f"downloading the weights of '{full_name}' from the Hub ({source}) failed after huggingface_hub's "
+            f"retries ({type(error).__name__}: {error}); a partial download is never used, run the same command again"
+        )
     backbone_tag = f"{name}.{BACKBONES[model.backbone_name]}"
     alternatives = [
         "pretrained_cfg_overlay=dict(file='weights.safetensors') for a local file",

