@@ -183,9 +183,11 @@ def _cmd_convert_original(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
+    from .data.size_bins import parse_size_bins
     from .evaluation import evaluate_models
     from .metrics.report import markdown_tables, write_results
 
+    edges = parse_size_bins(args.size_bins)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     results = evaluate_models(
         args.model,
@@ -196,6 +198,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         probes=args.probes,
         limit=args.limit,
         accelerator=accelerator,
+        weights=args.weights,
+        size_bin_edges=edges,
     )
     if accelerator.is_main_process:
         paths = write_results(results, args.out)
@@ -310,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--limit", type=int, default=None, help="only the first N regions (a quick look)")
     evaluation.add_argument("--weights", help="safetensors weights for a registered model name")
+    evaluation.add_argument(
+        "--size-bins",
+        default="paper",
+        help="ROI size bins: 'paper' (the paper's edges, for photos about 640x480), 'scaled:WxH' (the paper's "
+        "scaled to WxH images, e.g. scaled:96x96) or edges in pixels, e.g. 0,50,200,800",
+    )
     evaluation.set_defaults(run=_cmd_eval)
 
     predict = commands.add_parser(

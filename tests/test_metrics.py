@@ -2,7 +2,7 @@
 
 import pytest
 
-from roi_attention.data import SIZE_BIN_NAMES
+from roi_attention.data import SIZE_BIN_EDGES, SIZE_BIN_NAMES
 from roi_attention.metrics import EVALUATE_METRIC, region_accuracy
 
 
@@ -72,3 +72,29 @@ def test_the_evaluate_metric_matches_the_function():
     metric.add_batch(predictions=predictions[:3], references=references[:3], areas=areas[:3])
     metric.add_batch(predictions=predictions[3:], references=references[3:], areas=areas[3:])
     assert metric.compute(num_classes=3) == region_accuracy(predictions, references, areas, num_classes=3)
+
+
+def test_size_bins_of_your_own_reach_the_metric_the_tables_and_the_plot():
+    from roi_attention.data.size_bins import parse_size_bins
+    from roi_attention.metrics.report import accuracy_by_size_figure, markdown_tables
+
+    assert parse_size_bins("paper") == SIZE_BIN_EDGES
+    scaled = parse_size_bins("scaled:96x96")  # 96*96 / (640*480) = 0.03 of the paper's edges
+    assert scaled[:3] == (0.0, 30.0, 60.0) and len(scaled) == len(SIZE_BIN_EDGES)
+    for bad in ("0,50,50", "-1,5", "fifty", "scaled:96", "7"):
+        with pytest.raises(ValueError, match="expected 'paper', 'scaled:WxH'"):
+            parse_size_bins(bad)
+    edges = parse_size_bins("0,50,200,800")
+    # Hand-computed: areas 10, 40 (bin 0-50), 60 (50-200), 900 and 5000 (fold into the last bin, 200-800).
+    result = region_accuracy([0, 1, 1, 0, 2], [0, 0, 1, 0, 2], [10, 40, 60, 900, 5000], size_bin_edges=edges)
+    assert [(b["bin"], b["num_regions"], b["pooled_accuracy"]) for b in result["size_bins"]] == [
+        ("0-50", 2, 0.5),
+        ("50-200", 1, 1.0),
+        ("200-800", 2, 1.0),
+    ]
+    assert result["size_bin_edges"] == [0, 50, 200, 800]
+    results = dict(dataset="d", split="validation", models={"m": dict(metrics=result, probes={})})
+    table = markdown_tables(results)
+    assert "| 0-50 | 50.0% (n=2) |" in table and "| 200-800 | 100.0% (n=2) |" in table
+    axis = accuracy_by_size_figure(results).axes[1]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0-50\nn=2", "50-200\nn=1", "200-800\nn=2"]

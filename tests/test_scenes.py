@@ -69,3 +69,23 @@ def test_fashion_mnist_reads_as_its_documented_shape():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [1000] * 10
+
+
+@needs_fashion_mnist
+def test_context_swapped_scenes_put_every_object_where_its_context_points_elsewhere(tmp_path):
+    config = SceneConfig(size=64, min_objects=2, max_objects=4, min_item=8, max_item=24, swap_context=True)
+    document = json.loads(
+        (write_scenes(tmp_path / "s", 200, seed=1, config=config, progress=False) / "annotations.json").read_text()
+    )
+    scene_of = {i["id"]: i["scene"] for i in document["images"]}
+    labels = [a["category_id"] - 1 for a in document["annotations"]]
+    assert not any(
+        label in ENVIRONMENT_CLASSES[scene_of[a["image_id"]]]
+        for a, label in zip(document["annotations"], labels, strict=True)
+    )  # no favoured class in its environment
+    heights = {}
+    for a in document["annotations"]:
+        heights.setdefault(a["category_id"] - 1, []).append((a["bbox"][1] + a["bbox"][3] / 2) / config.size)
+    order = np.argsort(CLASS_HEIGHT)  # the classes that sit highest in normal scenes sit lowest here
+    measured = [np.mean(heights[c]) for c in order if c in heights]
+    assert measured[0] > 0.55 > 0.45 > measured[-1]

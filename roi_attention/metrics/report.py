@@ -9,8 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.size_bins import SIZE_BIN_NAMES
-
 PROBES: dict[str, str] = {
     "true": "the region's own mask",
     "empty": "an empty mask",
@@ -31,7 +29,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
         parts.append(f"**{title}** ({results['dataset']}, split {results['split']})\n")
         parts.append("| region size (pixels) | " + " | ".join(f"`{m}`" for m in models) + " |")
         parts.append("|---|" + "---:|" * len(models))
-        for index, name in enumerate(SIZE_BIN_NAMES):
+        for index, row in enumerate(results["models"][models[0]]["metrics"]["size_bins"]):
+            name = row["bin"]
             bins = [results["models"][m]["metrics"]["size_bins"][index] for m in models]
             if all(b["num_regions"] == 0 for b in bins):
                 continue

@@ -37,5 +37,10 @@ class RegionAccuracy(evaluate.Metric):
             ],
         )
 
-    def _compute(self, predictions, references, areas, top5=None, num_classes=None, class_names=None):
-        return region_accuracy(predictions, references, areas, top5, num_classes=num_classes, class_names=class_names)
+    def _compute(
+        self, predictions, references, areas, top5=None, num_classes=None, class_names=None, size_bin_edges=None
+    ):
+        edges = {} if size_bin_edges is None else dict(size_bin_edges=size_bin_edges)
+        return region_accuracy(
+            predictions, references, areas, top5, num_classes=num_classes, class_names=class_names, **edges
+        )
