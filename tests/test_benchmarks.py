@@ -164,5 +164,67 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
             for entry in results["models"].values():
                 assert sum(b["num_regions"] for b in entry["metrics"]["size_bins"]) == len(annotations)
     seeds = (out / "results" / "seeds.md").read_text()
-    assert "**Pooled accuracy, validation**" in seeds and "**Pooled accuracy, validation_swapped**" in seeds
-    assert "| all sizes |" in seeds and seeds in printed
+    assert "**Pooled accuracy (%), validation**" in seeds and "**Pooled accuracy (%), validation_swapped**" in seeds
+    assert "add_l1 - full |" in seeds and "**What the context is worth**" in seeds and seeds in printed
+    assert (out / "results" / "seeds_by_size.png").stat().st_size > 10_000
+
+
+def _context_scenes_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("context_scenes_run", BENCHMARKS / "context_scenes" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_context_scenes_seed_summary_means_ranges_and_differences_beyond_the_spread(tmp_path):
+    """seeds.md from hand-made results of three seeds: means, ranges, bins with too few regions left out, the
+    paper's comparisons and the context's worth in points, bold exactly where the seeds' ranges do not overlap."""
+    import json
+
+    run = _context_scenes_module()
+    # pooled accuracy per seed: (bin 0-30, bin 30-60 (3 regions: too few), bin 60-120, all sizes)
+    accuracy = {
+        "validation": {
+            "add_l1": [(0.50, 1.0, 0.80, 0.60), (0.60, 1.0, 0.70, 0.64), (0.55, 1.0, 0.90, 0.66)],
+            "add_l3": [(0.20, 0.0, 0.85, 0.40), (0.30, 0.0, 0.85, 0.42), (0.25, 0.0, 0.80, 0.41)],
+        },
+        "validation_swapped": {
+            "add_l1": [(0.40, 1.0, 0.80, 0.50), (0.45, 1.0, 0.85, 0.55), (0.50, 1.0, 0.75, 0.52)],
+            "add_l3": [(0.25, 0.0, 0.80, 0.39), (0.20, 0.0, 0.70, 0.38), (0.30, 0.0, 0.75, 0.37)],
+        },
+    }
+    counts = (10, 3, 20, 33)
+    for split, sub in (("validation", ""), ("validation_swapped", "swapped")):
+        for seed in range(3):
+            models = {}
+            for variant, rows in accuracy[split].items():
+                values = rows[seed]
+                size_bins = [
+                    dict(bin=name, num_regions=count, pooled_accuracy=value)
+                    for name, count, value in zip(("0-30", "30-60", "60-120"), counts, values, strict=False)
+                ]
+                metrics = dict(size_bins=size_bins, num_regions=counts[-1], pooled_accuracy=values[-1])
+                models[f"runs/seed{seed}/roi_tf_efficientnet_lite0_{variant}/model"] = dict(metrics=metrics)
+            folder = tmp_path / f"seed{seed}" / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "results.json").write_text(json.dumps(dict(models=models)))
+    tables = [
+        run.seed_table(tmp_path, [0, 1, 2], "validation"),
+        run.seed_table(tmp_path, [0, 1, 2], *["validation_swapped", "swapped"]),
+    ]
+    assert tables[0].bins == ["0-30", "60-120", "all sizes"] and tables[0].counts == [10, 20, 33]
+    text = run.seeds_summary(tables, [0, 1, 2])
+    lines = text.splitlines()
+    assert "| add_l1 | 55.0 (50-60) | 80.0 (70-90) | 63.3 (60-66) |" in lines
+    # add_l1 - add_l3: +30.0 points at 0-30 with ranges 50-60 and 20-30 apart; -3.3 at 60-120 (70-90, 80-85).
+    claim = "first layer vs third block (paper: better, most for small regions)"
+    assert f"| {claim}: add_l1 - add_l3 | **+30.0** | -3.3 | **+22.3** |" in lines
+    # The context's worth, normal minus swapped: add_l1 +10.0 at 0-30 (50-60 vs 40-50: they touch, not apart).
+    assert "| add_l1 | +10.0 | +0.0 | **+11.0** |" in lines
+    assert "| add_l3 | +0.0 | +8.3 | **+3.0** |" in lines
+    assert not any("blackout" in line for line in lines)  # comparisons with variants not run are left out
+    run.seeds_figure(tables, tmp_path / "seeds_by_size.png")
+    assert (tmp_path / "seeds_by_size.png").stat().st_size > 10_000

@@ -3,6 +3,10 @@ scenes (Fashion-MNIST items on real textures), then evaluated like the paper, pe
 
     python benchmarks/context_scenes/run.py --out runs/context_scenes          # the whole table (~45 min, 2 cores)
     python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~2.5 min)
+    python benchmarks/context_scenes/run.py --out runs/size_range --scenes size-range --seeds 3   # (~80 min)
+
+The size-range run asks the paper's questions: 96x96 scenes with objects from 4 to 80 pixels across, bins scaled
+to the scene, a context-swapped validation split, three seeds; seeds.md and seeds_by_size.png summarise it.
 
 The objects of a scene are of distinct classes, so a model that ignores the mask gives all regions of a scene
 one answer and is right for at most one of them: its pooled accuracy cannot exceed (validation scenes with
@@ -22,7 +26,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +44,9 @@ BACKBONE = "tf_efficientnet_lite0"
 SETTINGS = {
     "full": dict(train_scenes=2000, validation_scenes=300, steps=1500),
     "quick": dict(train_scenes=400, validation_scenes=60, steps=250),
+    # 96x96 scenes cost ~0.35 s a step on 2 cores: ten variants, three seeds and both splits fit in ~90 minutes
+    # with 400 steps each (the trade: a quarter of the small scenes' steps).
+    "size-range": dict(train_scenes=2000, validation_scenes=300, steps=400),
 }
 QUICK_VARIANTS = ("add_l1", "crop", "full")
 # small: 64x64 scenes, nearly every region in the paper's first bin (the table so far). size-range: 96x96 scenes
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-scenes", type=int, help="validation scenes (default: the mode's)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    settings = dict(SETTINGS[mode])
+    settings = dict(SETTINGS["size-range" if args.scenes == "size-range" and not args.quick else mode])
     for key in ("steps", "train_scenes", "validation_scenes"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in ["validation", *(["validation_swapped"] if swapped else [])]:
             out = results_dir / ("swapped" if split == "validation_swapped" else "")
             eval_args = ["eval", "--dataset", str(dataset), "--split", split, "--out", str(out)]
-            eval_args += ["--probes", "--batch-size", "32", "--size-bins", bins]
+            # The probes ask whether a model follows the mask; once, on the normal split, is enough.
+            eval_args += ["--batch-size", "32", "--size-bins", bins, *(["--probes"] if split == "validation" else [])]
             for folder in folders:
                 eval_args += ["--model", str(folder)]
             if roi_attention(eval_args) != 0:
@@ -153,42 +161,159 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds == 1:
         print_summary(json.loads((args.out / "results" / "results.json").read_text()), ceiling)
     else:
-        summary = seeds_summary(args.out / "results", seeds, swapped)
+        splits = [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]
+        tables = [seed_table(args.out / "results", seeds, split, sub) for split, sub in splits]
+        summary = seeds_summary(tables, seeds)
         (args.out / "results" / "seeds.md").write_text(summary)
+        seeds_figure(tables, args.out / "results" / "seeds_by_size.png")
         print(summary)
     return 0
 
 
-def seeds_summary(results: Path, seeds: list[int], swapped: bool) -> str:
-    """Pooled accuracy per size bin, mean and spread (min-max) over the seeds, on each validation split."""
+# The paper's claims as pairs of variants (the first should be the better one where the paper is right), and the
+# two extremes of context use: the crop (no context, zoomed in) and the mask-blind model.
+COMPARISONS = (
+    ("attention map vs hard attention (paper: better, most for small regions)", "add_l1", "blackout_image"),
+    ("", "mul_l1", "blackout_image"),
+    ("first layer vs third block (paper: better, most for small regions)", "add_l1", "add_l3"),
+    ("", "mul_l1", "mul_l3"),
+    ("first layer vs every block (paper: same or better)", "add_l1", "add_all"),
+    ("", "mul_l1", "mul_all"),
+    ("addition vs multiplication (paper: similar)", "add_l1", "mul_l1"),
+    ("", "add_l3", "mul_l3"),
+    ("", "add_all", "mul_all"),
+    ("crop (zoomed, no context) vs first-layer attention", "crop", "add_l1"),
+    ("first-layer attention vs the mask-blind model", "add_l1", "full"),
+)
+
+
+# Bins with fewer regions are left out of the seeds' tables and plot (their regions still count in "all sizes").
+MIN_BIN_REGIONS = 10
+
+
+@dataclass
+class SeedTable:
+    """Pooled accuracy of each variant per size bin (bins with at least ``MIN_BIN_REGIONS`` regions, then all
+    sizes), one value per seed."""
+
+    split: str
+    bins: list[str]
+    counts: list[int]
+    values: dict[str, list[list[float]]]
+
+
+def seed_table(results: Path, seeds: list[int], split: str, sub: str = "") -> SeedTable:
+    """Read every seed's ``results.json`` of one split (``results/seedK/sub``) into a :class:`SeedTable`."""
+    runs = []  # each seed's metrics by variant (the model folders differ by seed)
+    for seed in seeds:
+        models = json.loads((results / f"seed{seed}" / sub / "results.json").read_text())["models"]
+        runs.append({Path(n).parent.name.removeprefix(f"roi_{BACKBONE}_"): e["metrics"] for n, e in models.items()})
+    first = next(iter(runs[0].values()))
+    keep = [i for i, row in enumerate(first["size_bins"]) if row["num_regions"] >= MIN_BIN_REGIONS]
+    bins = [first["size_bins"][i]["bin"] for i in keep] + ["all sizes"]
+    counts = [first["size_bins"][i]["num_regions"] for i in keep] + [first["num_regions"]]
+    values: dict[str, list[list[float]]] = {}
+    for variant in runs[0]:
+        rows = [r[variant] for r in runs]
+        values[variant] = [[row["size_bins"][i]["pooled_accuracy"] for row in rows] for i in keep]
+        values[variant].append([row["pooled_accuracy"] for row in rows])
+    return SeedTable(split, bins, counts, values)
+
+
+def compare(first: list[float], second: list[float]) -> tuple[float, bool]:
+    """The difference of the means in points, and whether it is beyond the spread: the seeds' ranges are apart."""
+    difference = 100 * (sum(first) / len(first) - sum(second) / len(second))
+    return difference, min(first) > max(second) or max(first) < min(second)
+
+
+def _header(table: SeedTable, first: str) -> list[str]:
+    cells = [f"{name} (n={count})" for name, count in zip(table.bins, table.counts, strict=True)]
+    return [f"| {first} | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+
+
+def _difference(first: list[float], second: list[float]) -> str:
+    difference, apart = compare(first, second)
+    text = f"{round(difference, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+    return f"**{text}**" if apart else text
+
+
+def seeds_summary(tables: list[SeedTable], seeds: list[int]) -> str:
+    """Markdown: accuracy per size bin (mean and min-max over the seeds) on each split, the paper's comparisons,
+    and what each variant loses when the context points elsewhere."""
     lines = []
-    for split, sub in [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]:
-        runs = [json.loads((results / f"seed{s}" / sub / "results.json").read_text()) for s in seeds]
-        names = list(runs[0]["models"])
-        bins = [row["bin"] for row in runs[0]["models"][names[0]]["metrics"]["size_bins"]]
-        lines += [f"**Pooled accuracy, {split}**, mean (min-max) over seeds {seeds}\n"]
+    for table in tables:
+        lines += [f"**Pooled accuracy (%), {table.split}**, mean (min-max) over seeds {seeds}\n"]
+        lines += _header(table, "variant")
+        for variant, per_bin in table.values.items():
+            cells = [f"{100 * sum(v) / len(v):.1f} ({100 * min(v):.0f}-{100 * max(v):.0f})" for v in per_bin]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("")
+    normal = tables[0]
+    lines += [
+        f"**The paper's comparisons ({normal.split})**: difference of the mean accuracies in points, first minus "
+        "second; **bold** where it is beyond the spread (the two variants' ranges over the seeds do not overlap)\n"
+    ]
+    lines += _header(normal, "comparison")
+    for claim, first, second in COMPARISONS:
+        if first in normal.values and second in normal.values:
+            cells = [_difference(a, b) for a, b in zip(normal.values[first], normal.values[second], strict=True)]
+            lines.append(f"| {claim + ': ' if claim else ''}{first} - {second} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if len(tables) > 1:
+        swapped = tables[1]
         lines += [
-            "| size bin (px) | "
-            + " | ".join(Path(n).parent.name.removeprefix(f"roi_{BACKBONE}_") for n in names)
-            + " |"
+            f"**What the context is worth**: accuracy on {normal.split} minus on {swapped.split} (the same kind "
+            "of objects where the context points to other classes), points; **bold** where beyond the spread\n"
         ]
-        lines += ["|---|" + "---:|" * len(names)]
-        for index, name in enumerate([*bins, "all sizes"]):
-            cells = []
-            for column in range(len(names)):  # the same variants, in the same order, in every seed's run
-                rows = [list(r["models"].values())[column]["metrics"] for r in runs]
-                values = [(row["size_bins"][index] if index < len(bins) else row)["pooled_accuracy"] for row in rows]
-                count = (rows[0]["size_bins"][index] if index < len(bins) else rows[0])["num_regions"]
-                if None in values:
-                    cells.append("-")
-                    continue
-                low, high, mean = 100 * min(values), 100 * max(values), 100 * sum(values) / len(values)
-                cells.append(f"{mean:.1f} ({low:.0f}-{high:.0f}), n={count}")
-            if index < len(bins) and all(c == "-" for c in cells):
-                continue
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += _header(swapped, "variant")
+        for variant, per_bin in swapped.values.items():
+            by_bin = dict(zip(normal.bins, normal.values[variant], strict=True))
+            pairs = zip(swapped.bins, per_bin, strict=True)
+            cells = [_difference(by_bin[b], v) if b in by_bin else "-" for b, v in pairs]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def seeds_figure(tables: list[SeedTable], path: Path) -> None:
+    """Accuracy by size bin, one panel per split: the mean over the seeds, the bars spanning min to max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for axis, table in zip(axes[0], tables, strict=True):
+        positions = range(len(table.bins) - 1)  # the size bins; "all sizes" is in the tables
+        for index, (variant, per_bin) in enumerate(table.values.items()):
+            means = [100 * sum(v) / len(v) for v in per_bin[:-1]]
+            # max(0, ...): a mean of equal values can land a rounding error outside them
+            low = [max(0.0, m - 100 * min(v)) for m, v in zip(means, per_bin[:-1], strict=True)]
+            high = [max(0.0, 100 * max(v) - m) for m, v in zip(means, per_bin[:-1], strict=True)]
+            style = ":" if variant in ("crop", "full") else "--" if variant.startswith("blackout") else "-"
+            offset = (index - len(table.values) / 2) * 0.03  # keep the bars of neighbours apart
+            axis.errorbar(
+                [p + offset for p in positions],
+                means,
+                yerr=[low, high],
+                label=variant,
+                color=colours[index % len(colours)],
+                linestyle=style,
+                marker="o",
+                markersize=4,
+                capsize=2,
+            )
+        labels = [f"{b}\nn={c}" for b, c in zip(table.bins[:-1], table.counts[:-1], strict=True)]
+        axis.set_xticks(list(positions), labels, fontsize=8)
+        axis.set_xlabel("region size (pixels)")
+        axis.set_title(table.split)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pooled accuracy (%), mean and min-max over seeds")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def print_summary(results: dict, ceiling: float) -> None:
