@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..layers.crop import crop_to_roi
-from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, resize_mask, split_roi_input
+from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, is_tracing, resize_mask, split_roi_input
 from ..layers.merge import MaskAttentionMul, create_merge_layer
 
 __all__ = [
@@ -493,6 +493,8 @@ def _checkpointed_forward(stage_name: str, *args: Any) -> Any:
     forward = type(stage).forward
     if not (torch.is_grad_enabled() and model.training):
         return forward(stage, *args)
+    if is_tracing():  # a compiler recomputes the stage from its own graph, never this Python: no frame to restore
+        return checkpoint(forward, stage, *args, use_reentrant=False)
     return checkpoint(model._run_with_mask, mask, forward, stage, *args, use_reentrant=False)
 
 
