@@ -162,11 +162,9 @@ def render_predictions(
 ) -> Image.Image:
     """The photo scaled to a readable size (long side ``DISPLAY_LONG_SIDE``), each region outlined in its own
     colour and numbered at its inside, and a legend beside it with each number's best ``legend_topk`` classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import patheffects
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     height, width = photo.shape[:2]
     scale = DISPLAY_LONG_SIDE / max(height, width)
@@ -179,7 +177,9 @@ def render_predictions(
     colours = region_colours(len(masks))
     line_height = 22 * (legend_topk + 1)
     figure_height = max(size[1], 60 + line_height * len(masks))
-    figure = plt.figure(figsize=((size[0] + LEGEND_WIDTH) / 100, figure_height / 100), dpi=100)
+    # Not pyplot: no global state (the app renders in several threads) and the caller's backend stays as it is.
+    figure = Figure(figsize=((size[0] + LEGEND_WIDTH) / 100, figure_height / 100), dpi=100)
+    canvas = FigureCanvasAgg(figure)
     total = size[0] + LEGEND_WIDTH
     photo_axis = figure.add_axes((0, 1 - size[1] / figure_height, size[0] / total, size[1] / figure_height))
     photo_axis.imshow(shown, interpolation="nearest")
@@ -228,11 +228,8 @@ def render_predictions(
                 fontweight="bold" if rank == 0 else "normal",
                 color="black" if rank == 0 else "dimgray",
             )
-    canvas = figure.canvas
     canvas.draw()
-    rendered = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    plt.close(figure)
-    return rendered
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
 def draw_predictions(

@@ -71,3 +71,25 @@ def test_the_size_plot_leaves_out_empty_bins_and_marks_small_ones(tmp_path):
     plot_accuracy_by_size(results, tmp_path / "plot.png")
     with Image.open(tmp_path / "plot.png") as image:
         assert image.width > 1000
+
+
+def test_drawing_leaves_the_callers_matplotlib_as_it_was(tmp_path):
+    """A notebook's backend and open figures survive render_predictions and the size plot (no pyplot inside)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a backend of the caller's, not the Agg the pictures are drawn with
+    try:
+        figure = plt.figure()
+        mask = np.zeros((64, 64), bool)
+        mask[10:30, 20:40] = True
+        picture = render_predictions(np.zeros((64, 64, 3), np.uint8), [mask], _predictions(1))
+        bins = [dict(bin="0-1000", num_regions=40, pooled_accuracy=0.5, mean_class_accuracy=0.4)]
+        plot_accuracy_by_size({"models": {"m": {"metrics": {"size_bins": bins}}}}, tmp_path / "plot.png")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [figure.number]
+        assert picture.size[0] > 64 and (tmp_path / "plot.png").stat().st_size > 10_000
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)

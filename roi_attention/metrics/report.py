@@ -85,11 +85,7 @@ def wilson_interval(correct: float, count: int, z: float = 1.96) -> tuple[float,
 
 def plot_accuracy_by_size(results: dict[str, Any], path: Path) -> None:
     """Save ``accuracy_by_size_figure`` of ``results`` as an image."""
-    import matplotlib.pyplot as plt
-
-    figure = accuracy_by_size_figure(results)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    accuracy_by_size_figure(results).savefig(path, dpi=120)
 
 
 def accuracy_by_size_figure(results: dict[str, Any]):
@@ -97,16 +93,16 @@ def accuracy_by_size_figure(results: dict[str, Any]):
     the regions behind a point; bins with fewer than ``FEW_REGIONS`` are hollow, with the pooled accuracy's 95%
     Wilson interval; bins no model has regions in are left out."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     entries = results["models"]
     names = [row["bin"] for row in next(iter(entries.values()))["metrics"]["size_bins"]]
     counts = [max(e["metrics"]["size_bins"][i]["num_regions"] for e in entries.values()) for i in range(len(names))]
     shown = [i for i, count in enumerate(counts) if count > 0]
     largest = max(counts) if shown else 1
-    figure, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    figure = Figure(figsize=(14, 4.8))  # not pyplot: no global state, and the caller's backend stays as it is
+    axes = figure.subplots(1, 2, sharey=True)
     colours = matplotlib.colormaps["tab10"]
     for axis, key, title in zip(
         axes, ("mean_class_accuracy", "pooled_accuracy"), ("mean accuracy per class", "pooled accuracy"), strict=True
@@ -153,8 +149,8 @@ def accuracy_by_size_figure(results: dict[str, Any]):
     axes[0].set_ylabel("accuracy (%)")
     handles, labels = axes[1].get_legend_handles_labels()
     handles += [
-        plt.Line2D([], [], marker="o", linestyle="", color="gray", markersize=9),
-        plt.Line2D([], [], marker="o", linestyle="", color="gray", markerfacecolor="white", markersize=9),
+        Line2D([], [], marker="o", linestyle="", color="gray", markersize=9),
+        Line2D([], [], marker="o", linestyle="", color="gray", markerfacecolor="white", markersize=9),
     ]
     labels += ["marker area ~ regions in the bin", f"hollow: < {FEW_REGIONS} regions (95% interval)"]
     axes[1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
