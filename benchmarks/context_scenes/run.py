@@ -2,7 +2,7 @@
 scenes (Fashion-MNIST items on real textures), then evaluated like the paper, per size bin, with mask probes.
 
     python benchmarks/context_scenes/run.py --out runs/context_scenes          # the whole table (~45 min, 2 cores)
-    python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~2.5 min)
+    python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~3 min)
     python benchmarks/context_scenes/run.py --out runs/size_range --scenes size-range --seeds 3   # (~80 min)
 
 The size-range run asks the paper's questions: 96x96 scenes with objects from 4 to 80 pixels across, bins scaled

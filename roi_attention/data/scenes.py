@@ -251,7 +251,9 @@ def build_scene_dataset(
 #   (blackout_l1 collapsed to one class, 11%; 60% with the zero head);
 # - the side branch, which starts at zero, learns at 1000x the backbone's rate (lr 0.3): Adam moves a weight by
 #   about its learning rate per step, and the attention map must reach the scale of the stem's activations
-#   (std ~2) within a few hundred steps (add_l1: 22% at 10x, 36% at 100x, 46% at 1000x).
+#   (std ~2) within a few hundred steps (add_l1: 22% at 10x, 36% at 100x, 46% at 1000x);
+# - channels-last memory: the same computation, a training step ~18% faster on the CPU (EfficientNet's depthwise
+#   convs); added after the published full runs, which ran contiguous (results equal up to float rounding).
 SMALL_SCENES = SceneConfig(size=64, min_objects=2, max_objects=4, min_item=8, max_item=48)
 # Scenes whose objects span the size range: 4 to 80 pixels across, log-uniform, in 96x96 scenes.
 SIZE_RANGE_SCENES = SceneConfig(size=96, min_objects=2, max_objects=4, min_item=4, max_item=80)
@@ -265,4 +267,5 @@ SCENE_TRAINING: dict[str, object] = dict(
     label_smoothing=0.0,
     freeze_bn="true",
     side_branch_lr_scale=1000,
+    channels_last="true",
 )
