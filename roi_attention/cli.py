@@ -19,6 +19,11 @@ from .models import PretrainedWeightsError
 
 def _cmd_models(args: argparse.Namespace) -> int:
     names = timm.list_models(args.filter)
+    if args.merge_points:
+        from .models.summary import merge_points_table
+
+        print(merge_points_table())
+        return 0
     if args.markdown:
         from .models.summary import markdown_table
 
@@ -30,11 +35,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_convert_lite0(args: argparse.Namespace) -> int:
-    from .hub import convert_efficientnet_lite0
+def _cmd_convert_lite(args: argparse.Namespace) -> int:
+    from .hub import convert_efficientnet_lite
 
-    path = convert_efficientnet_lite0(args.out, overwrite=args.overwrite)
-    print(f"timm tf_efficientnet_lite0 ImageNet weights: {path}")
+    path = convert_efficientnet_lite(args.depth, args.out, overwrite=args.overwrite)
+    print(f"timm tf_efficientnet_lite{args.depth} ImageNet weights: {path}")
     print(f"use: timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file='{path}'))")
     return 0
 
@@ -262,12 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("models", help="list the registered ROI models and their pretrained tags")
     listing.add_argument("--filter", default="roi_*", help="glob over model names (default: roi_*)")
     listing.add_argument("--markdown", action="store_true", help="a markdown table with parameters and GMACs")
+    listing.add_argument(
+        "--merge-points", action="store_true", help="a markdown table of where each variant merges on each backbone"
+    )
     listing.set_defaults(run=_cmd_models)
 
-    convert = commands.add_parser("convert-lite0", help="convert the offline EfficientNet-Lite0 ImageNet weights")
-    convert.add_argument("--out", default=None, help="output .safetensors (default: in the cache folder)")
-    convert.add_argument("--overwrite", action="store_true")
-    convert.set_defaults(run=_cmd_convert_lite0)
+    for command, depth_help in (
+        ("convert-lite", "convert the offline EfficientNet-Lite0/1/2 ImageNet weights (--depth)"),
+        ("convert-lite0", "convert the offline EfficientNet-Lite0 ImageNet weights"),
+    ):
+        convert = commands.add_parser(command, help=depth_help)
+        if command == "convert-lite":
+            convert.add_argument("--depth", type=int, choices=(0, 1, 2), default=0, help="Lite0, Lite1 or Lite2")
+        else:
+            convert.set_defaults(depth=0)
+        convert.add_argument("--out", default=None, help="output .safetensors (default: in the cache folder)")
+        convert.add_argument("--overwrite", action="store_true")
+        convert.set_defaults(run=_cmd_convert_lite)
 
     build = commands.add_parser("build-dataset", help="build a region dataset (parquet) from COCO or OpenSurfaces")
     formats = build.add_subparsers(dest="format", required=True)

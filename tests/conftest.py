@@ -1,5 +1,6 @@
 """Shared helpers: tests run offline, on small inputs, over the whole ROI registry."""
 
+import copy
 import os
 import tempfile
 
@@ -39,17 +40,54 @@ ATTENTION_MODELS = [name for name in ALL_MODELS if VARIANTS[variant_of(name)].me
 SMALL_MODELS = [name for name in ALL_MODELS if backbone_of(name) in ("resnet18", "tf_efficientnet_lite0")]
 
 
+# The last model make_model built and the RNG state right after building it: the tests of one model run together
+# (pytest_collection_modifyitems), and each gets its own copy, as if it had been built afresh with seed 0.
+_LAST_BUILT: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
 def make_model(name: str, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
+    """``timm.create_model(name, num_classes=5, **kwargs)`` in eval mode, built with seed 0."""
     kwargs.setdefault("num_classes", NUM_CLASSES)
-    return timm.create_model(name, **kwargs).eval()
+    key = f"{name} {sorted(kwargs.items())!r}"
+    if key not in _LAST_BUILT:
+        _LAST_BUILT.clear()
+        torch.manual_seed(0)
+        _LAST_BUILT[key] = (timm.create_model(name, **kwargs).eval(), torch.get_rng_state())
+    model, rng_state = _LAST_BUILT[key]
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(model)
 
 
 def plain_backbone(model) -> torch.nn.Module:
-    """The plain timm backbone with the ROI model's backbone weights: the independent reference."""
-    plain = timm.create_model(model.backbone_name, num_classes=model.num_classes).eval()
-    plain.load_state_dict(model.backbone.state_dict())
-    return plain
+    """The plain timm backbone with the ROI model's backbone weights: the independent reference (built on the meta
+    device, its weights are the ROI model's)."""
+    with torch.device("meta"):
+        plain = timm.create_model(model.backbone_name, num_classes=model.num_classes)
+    plain.load_state_dict({key: value.clone() for key, value in model.backbone.state_dict().items()}, assign=True)
+    return plain.eval()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Within each test file, the tests of one registered model run one after another (make_model builds it once)."""
+    order = {name: index for index, name in enumerate(ALL_MODELS)}
+
+    def model_index(item) -> int:
+        callspec = getattr(item, "callspec", None)
+        return order.get(callspec.params.get("name"), -1) if callspec else -1
+
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(str(item.path), []).append(item)
+    items[:] = [item for group in files.values() for item in sorted(group, key=model_index)]
+
+
+def train_with_frozen_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Train mode with batch-norm statistics frozen: the same normalisation whatever the batch holds."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
 
 
 def randomize_side_branch(model, std: float = 0.5) -> None:

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 
 from roi_attention.cli import main
 from roi_attention.metrics.report import PROBES
-from roi_attention.models.summary import markdown_table, model_summary
+from roi_attention.models.summary import markdown_table, merge_points_table, model_summary
 
 from .conftest import needs_fashion_mnist
 
@@ -22,6 +22,13 @@ def test_readme_model_table_is_current():
     block = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", text, re.S)
     assert block, "README lost its models:start/models:end markers"
     assert block.group(1).strip() == markdown_table().strip(), "run `make models-table` and update the README"
+
+
+def test_docs_merge_point_table_is_current():
+    text = (README.parent / "docs" / "backbones.md").read_text()
+    block = re.search(r"<!-- merge-points:start -->\n(.*?)\n<!-- merge-points:end -->", text, re.S)
+    assert block, "docs/backbones.md lost its merge-points markers"
+    assert block.group(1).strip() == merge_points_table().strip(), "run `roi-attention models --merge-points`"
 
 
 def test_side_branch_cost_is_counted_against_the_plain_backbone():

@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     )
     torch.manual_seed(0)
     model = timm.create_model(
-        "roi_resnet18_add_l1", num_classes=80, pretrained_cfg_overlay=dict(input_size=(4, 96, 96))
+        "roi_resnet18_add_l1", num_classes=80, pretrained_cfg_overlay=dict(input_size=(3, 96, 96))
     )
     randomize_side_branch(model, std=2.0)
     save_model(model, root / "model", label_names=COCO_CLASSES)

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import ALL_MODELS, SMALL_MODELS, backbone_of, box_mask, make_model, random_image, randomize_side_branch
+from .conftest import (
+    ALL_MODELS,
+    SMALL_MODELS,
+    backbone_of,
+    box_mask,
+    make_model,
+    random_image,
+    randomize_side_branch,
+    train_with_frozen_batch_norm,
+)
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -62,10 +71,7 @@ def test_torch_compile_traces_the_whole_forward_as_one_graph(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l3"])
 def test_compiled_training_with_checkpointed_stages_gives_the_eager_gradients(name):
-    model = make_model(name).train()
-    for module in model.modules():  # the same batch statistics in both runs
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    model = train_with_frozen_batch_norm(make_model(name))  # the same batch statistics in both runs
     randomize_side_branch(model, std=0.1)
     image, mask = random_image(), box_mask()
     model(image, mask=mask).square().sum().backward()

@@ -456,8 +456,10 @@ def test_faults_in_big_transfers_say_what_happened_and_publish_nothing_half(hub,
     assert last_json(run_python(_compare_pulled(spec), pull.endpoint, tmp_path / "once")) == {f"hf-hub:{repo}": True}
     gets = [r for r in pull.requests if r.startswith("GET") and "model.safetensors" in r]
     half = (big_model / "model.safetensors").stat().st_size // 2
-    # The broken transfer, then one resumed from what had been written (whole chunks, up to the break).
-    assert len(gets) == 2 and pull.drops == 0 and 0 < int(gets[1].split("bytes=")[1].rstrip("-")) <= half, gets
+    # The broken transfer, then another: resumed from what had been written (whole chunks, up to the break), or,
+    # with huggingface_hub releases that retry the whole download, from the start.
+    assert len(gets) >= 2 and pull.drops == 0, gets
+    assert all(0 < int(get.split("bytes=")[1].rstrip("-")) <= half for get in gets[1:] if "bytes=" in get), gets
     pull.drops = 100
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "photo.png")
     Image.fromarray(np.full((48, 64), 255, np.uint8)).save(tmp_path / "mask.png")

@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming what is wrong and what was expected."""
 
 import pytest
+import timm
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,9 +20,19 @@ def _error(*args, **kwargs) -> str:
     return str(info.value)
 
 
-def test_three_channels_without_mask():
-    message = _error(torch.randn(2, 3, 32, 32))
-    assert "3-channel image without a mask" in message and "mask=" in message and "(B,4,H,W)" in message
+def test_an_image_alone_makes_the_whole_photo_the_region():
+    model = make_model("roi_resnet18_add_l1")
+    with torch.no_grad():
+        model.roi_branch["conv1"].weight.normal_()  # a trained side branch: the mask matters
+        image = torch.randn(2, 3, 32, 32)
+        alone = model(image)
+        assert torch.equal(alone, model(image, mask=torch.ones(2, 1, 32, 32)))
+        assert not torch.allclose(alone, model(image, mask=torch.zeros(2, 1, 32, 32)))
+
+
+def test_other_channel_counts_say_what_is_expected():
+    message = _error(torch.randn(2, 6, 32, 32))
+    assert "got 6 channels" in message and "3-channel image" in message and "(B,4,H,W)" in message
 
 
 def test_packed_input_with_a_mask_as_well():
@@ -73,6 +84,12 @@ def test_wrong_channel_counts():
     assert "got 1 channels" in _error(torch.randn(2, 1, 32, 32), mask=torch.ones(2, 1, 32, 32))
 
 
+def test_values_are_not_read_on_the_meta_device():
+    with torch.device("meta"):
+        model = timm.create_model("roi_resnet18_add_l1", num_classes=3).eval()
+        assert model(torch.randn(1, 4, 32, 32)).shape == (1, 3)  # a random mask channel: no check there
+
+
 def test_checks_can_be_turned_off_for_speed():
     model = make_model("roi_resnet18_add_l1", check_inputs=False)
     with torch.no_grad():
@@ -81,9 +98,15 @@ def test_checks_can_be_turned_off_for_speed():
         model(torch.randn(1, 3, 32, 32), mask=torch.ones(1, 1, 16, 16))
 
 
-def test_in_chans_other_than_three_or_four_is_refused():
-    with pytest.raises(ValueError, match="in_chans is 3 or 4, got 5"):
-        make_model("roi_resnet18_add_l1", in_chans=5)
+def test_in_chans_is_the_images_channels_so_a_grey_photo_takes_a_mask():
+    grey = make_model("roi_resnet18_add_l1", in_chans=1)
+    assert grey.backbone.conv1.in_channels == 1 and grey.pretrained_cfg["input_size"][0] == 1
+    assert len(grey.pretrained_cfg["mean"]) == 1
+    image, mask = torch.randn(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(grey(image, mask=mask), grey(torch.cat([image, mask], 1)))
+    with pytest.raises(ValueError, match="channel count"):
+        make_model("roi_resnet18_add_l1", in_chans=0)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,9 +138,11 @@ def test_split_input_accepts_exactly_the_documented_forms(
     effective_value = bool(mask_value) if mask_dtype == torch.bool else mask_value
     if mask is not None and mask_dtype == torch.uint8:
         effective_value = mask_value % 256
+    if mask is None and channels == 3:
+        effective_value = 1  # an image alone: the whole photo is the region
     valid = (
         image_dtype.is_floating_point
-        and ((mask is None and channels == 4) or (channels == 3 and mask_shape in ("b1hw", "bhw")))
+        and ((mask is None and channels in (3, 4)) or (channels == 3 and mask_shape in ("b1hw", "bhw")))
         and 0 <= effective_value <= 1
     )
     if valid:

@@ -7,8 +7,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from roi_attention.layers import resize_mask
 from roi_attention.models import BACKBONES, VARIANTS
-from roi_attention.models.roi_net import resolve_merge_points
 
 from .conftest import (
     ALL_MODELS,
@@ -23,6 +23,7 @@ from .conftest import (
     plain_backbone,
     random_image,
     randomize_side_branch,
+    train_with_frozen_batch_norm,
     variant_of,
 )
 
@@ -61,11 +62,13 @@ def test_merge_points_follow_method_md_for_resnet50():
 def test_efficientnet_merge_points_come_from_timm_feature_info():
     backbone = timm.create_model("tf_efficientnet_lite0")
     stride16 = [i["module"] for i in backbone.feature_info if i["reduction"] == 16][-1]
-    assert resolve_merge_points(backbone, "l1") == [("conv_stem", backbone.conv_stem.out_channels)]
-    assert resolve_merge_points(backbone, "l3") == [(stride16, 112)]
-    assert resolve_merge_points(backbone, "all") == [("conv_stem", 32)] + [
-        (i["module"], i["num_chs"]) for i in backbone.feature_info
-    ]
+
+    def points(variant):
+        return make_model(f"roi_tf_efficientnet_lite0_{variant}").merge_points
+
+    assert points("add_l1") == [("conv_stem", backbone.conv_stem.out_channels)]
+    assert points("mul_l3") == [(stride16, 112)]
+    assert points("add_all") == [("conv_stem", 32)] + [(i["module"], i["num_chs"]) for i in backbone.feature_info]
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -116,9 +119,10 @@ def test_blackout_l1_zeroes_the_first_conv_outside_the_roi(name, image, mask):
     model = make_model(name)
     plain = plain_backbone(model)
     first_conv = plain.get_submodule(plain.pretrained_cfg["first_conv"])
-    assert first_conv.stride == (2, 2)
-    # Independent of the model's resize: both first convs halve 64 px, so a 2x2 max pool is the resize.
-    handle = first_conv.register_forward_hook(lambda mod, args, out: out * F.max_pool2d(mask, 2))
+    stride = first_conv.stride[0]
+    assert first_conv.stride == (stride, stride) and stride > 1
+    # Independent of the model's resize: the first conv divides 64 px by its stride, so a max pool is the resize.
+    handle = first_conv.register_forward_hook(lambda mod, args, out: out * F.max_pool2d(mask, stride))
     with torch.no_grad():
         expected = plain(image)
         handle.remove()
@@ -168,7 +172,8 @@ def test_a_one_pixel_roi_reaches_every_merge_point(name):
 
     def record(key):
         def hook(module, args, output):
-            seen.setdefault(key, []).append((args[1].detach().clone(), output.detach().clone()))
+            resized = resize_mask(args[1], output.shape[-2:], model.mask_resize)
+            seen.setdefault(key, []).append((resized.detach().clone(), output.detach().clone()))
 
         return hook
 
@@ -213,17 +218,9 @@ def test_side_branch_gets_gradient_at_its_zero_effect_init(name, image, mask):
     assert all(w is not None and w.abs().sum() > 0 for w in weights)
 
 
-def _train_mode_frozen_bn(model):
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
-    return model
-
-
 @pytest.mark.parametrize("name", SMALL_MODELS)
 def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name, image, mask):
-    model = _train_mode_frozen_bn(make_model(name))
+    model = train_with_frozen_batch_norm(make_model(name))
     randomize_side_branch(model, std=0.05)
     other_mask = box_mask(box=(30, 0, 64, 20))
 
@@ -236,19 +233,18 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name, image, ma
         logits.square().sum().backward()
         return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
-    plain_logits, plain_grads = step(False)
     stage = model.backbone.get_submodule(model.backbone.feature_info[-1]["module"])
+    block = list(stage.children())[-1]  # recomputed by the walk's checkpoints and by timm's own (per block)
     calls = []
-    handle = stage.register_forward_pre_hook(lambda *args: calls.append(1))
+    handle = block.register_forward_pre_hook(lambda *args: calls.append(1))
+    plain_logits, plain_grads = step(False)
+    assert len(calls) == 2  # two forwards
     checkpointed_logits, checkpointed_grads = step(True)
+    assert len(calls) == 2 + 3  # two forwards and the recomputation in the backward
     handle.remove()
     assert torch.allclose(plain_logits, checkpointed_logits, atol=1e-6)
     for key in plain_grads:
         assert torch.allclose(plain_grads[key], checkpointed_grads[key], atol=1e-5, rtol=1e-4), key
-    stage_forward_calls = len(calls)
-    assert stage_forward_calls == 2  # the stage's hooks run once per forward, outside the checkpoint
-    model.set_grad_checkpointing(False)
-    assert "forward" not in stage.__dict__
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -262,7 +258,7 @@ def test_reset_classifier(name, image, mask):
     model.reset_classifier(0)
     with torch.no_grad():
         features = model(image, mask=mask)
-    assert features.shape == (2, model.num_features)
+    assert features.shape == (2, model.head_hidden_size)  # MobileNetV3's conv_head widens num_features
 
 
 @pytest.mark.parametrize("name", ["roi_resnet18_add_all", "roi_tf_efficientnet_lite0_mul_l3"])
@@ -330,7 +326,8 @@ def test_forward_regions_equals_one_batched_forward_per_mask(name):
         for chunk_size in (None, 1, 3):  # the model's choice, one mask at a time, uneven groups
             shared = model.forward_regions(image, masks, chunk_size=chunk_size)
             assert shared.shape == (4, NUM_CLASSES)
-            assert torch.allclose(shared, batched, atol=1e-4, rtol=1e-4), chunk_size  # other batch layout
+            # another batch layout: float32 reduction order differs (logits here reach ~20)
+            assert torch.allclose(shared, batched, atol=1e-3, rtol=1e-4), chunk_size
 
 
 @pytest.mark.parametrize("name", ["roi_resnet18_add_l1", "roi_tf_efficientnet_lite0_mul_all"])

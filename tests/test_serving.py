@@ -11,7 +11,15 @@ from torch.nn.parallel import replicate
 
 from roi_attention.layers.merge import MaskAttentionMul
 
-from .conftest import NUM_CLASSES, box_mask, make_model, random_image, randomize_side_branch, variant_of
+from .conftest import (
+    NUM_CLASSES,
+    box_mask,
+    make_model,
+    random_image,
+    randomize_side_branch,
+    train_with_frozen_batch_norm,
+    variant_of,
+)
 
 # A representative of every variant family, plus the model the bug report saw fail worst.
 REPRESENTATIVES = [
@@ -88,10 +96,18 @@ def test_a_call_made_inside_a_forward_does_not_disturb_the_outer_call(name):
     assert torch.allclose(outer, outer_alone, atol=TOLERANCE, rtol=0)
 
 
-def test_the_backbone_alone_says_to_call_the_roi_model():
-    model = make_model("roi_resnet18_add_l1")
-    with pytest.raises(RuntimeError, match="call the ROI model itself"):
-        model.backbone(random_image(size=SIZE))
+def test_a_forward_leaves_nothing_on_the_model():
+    model = make_model("roi_resnet18_mul_all")
+    randomize_side_branch(model)
+    before = {key: value for key, value in vars(model).items() if not key.startswith("_")}
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        model(random_image(size=SIZE), mask=torch.cat(_masks()[:2]))
+    after = {key: value for key, value in vars(model).items() if not key.startswith("_")}
+    assert after == before  # no attribute set by a forward
+    assert all(torch.equal(state[key], value) for key, value in model.state_dict().items())
+    modules = list(model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and "forward" not in vars(m) for m in modules)
 
 
 def _cpu_replicas(model: torch.nn.Module, count: int, monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
@@ -109,10 +125,8 @@ def _cpu_replicas(model: torch.nn.Module, count: int, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l3", "roi_resnet18_crop"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_data_parallel_replicas_use_their_own_side_branch_and_their_slice_of_the_mask(name, checkpointing, monkeypatch):
-    model = make_model(name).train()
-    for module in model.modules():  # batch statistics would differ between slices and the whole batch
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    # batch statistics would differ between slices and the whole batch
+    model = train_with_frozen_batch_norm(make_model(name))
     randomize_side_branch(model, std=0.1)
     model.set_grad_checkpointing(checkpointing)
     image = random_image(batch=4, size=SIZE)
@@ -178,9 +192,8 @@ def test_multiplication_keeps_only_the_small_mask_and_gives_autograds_gradients(
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         features = stem(image) if from_stem else torch.randn(2, 16, 12, 10, generator=generator).requires_grad_()
-        source = dict(source=stem, source_input=image) if from_stem else {}
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            merged = layer(features, mask, **source)
+            merged = layer.forward_after(stem, image, features, mask) if from_stem else layer(features, mask)
         plain = features * F.conv2d(mask, layer.weight, layer.bias, padding=1)  # autograd of the plain expression
     # Nothing of the attention map's size is kept, at most the features given (a block keeps them anyway).
     big = [t.data_ptr() for t in saved if t.numel() >= features.numel()]

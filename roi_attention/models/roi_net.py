@@ -4,30 +4,31 @@ A model classifies the region of a photo given by a binary mask. It runs a timm 
 photo; a side branch turns the mask into an attention map merged into the backbone at the first conv,
 at the end of the stride-16 stage, or at every stage (paper Fig. 3), or it hides the background (Fig. 2a),
 crops the region's box (Fig. 2b) or ignores the mask (Fig. 3a). Merge points come from what timm knows
-about the backbone (its ``first_conv`` and ``feature_info``), so any timm CNN works as a backbone.
+about the backbone (its ``first_conv`` and ``feature_info``) and are verified when a model is built (``walk.py``):
+a timm CNN that cannot take the mask where a variant merges it is refused with ``WiringError``.
 
-Input: the packed ``(B,4,H,W)`` tensor (normalised RGB + mask channel), or ``model(image, mask=mask)``.
+Input: ``model(image, mask=mask)``, the packed ``(B,C+1,H,W)`` tensor (image + mask channel), or an image alone,
+which makes the whole photo the region.
 """
 
-from __future__ import annotations
-
 import os
-import threading
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import timm
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._input import update_model_args
+from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.ao.nn.intrinsic import _FusedModule
 
 from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..layers.crop import crop_to_roi
-from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, is_tracing, resize_mask, split_roi_input
-from ..layers.merge import MaskAttentionMul, create_merge_layer
+from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, split_roi_input
+from ..layers.merge import create_merge_layer
+from .walk import Step, WiringError, first_conv_name, merge_key, resolve_walk
 
 __all__ = [
     "BACKBONES",
@@ -36,6 +37,8 @@ __all__ = [
     "PretrainedWeightsError",
     "RoiAttentionNet",
     "RoiVariant",
+    "ScriptableRoiNet",
+    "WiringError",
     "checkpoint_filter_fn",
 ]
 
@@ -89,6 +92,12 @@ BACKBONES: dict[str, str] = {
     "resnet101": "tv_in1k",
     "resnet152": "tv_in1k",
     "tf_efficientnet_lite0": "in1k",
+    "tf_efficientnet_lite1": "in1k",
+    "tf_efficientnet_lite2": "in1k",
+    "tf_efficientnetv2_b0": "in1k",
+    "mobilenetv3_large_100": "ra_in1k",
+    "convnext_atto": "d2_in1k",
+    "regnetx_002": "pycls_in1k",
 }
 
 # Region-trained weights published under HUB_ORG: tag -> (backbones, class names).
@@ -175,67 +184,24 @@ class PretrainedWeightsError(RuntimeError):
     """Pretrained weights were asked for and could not be loaded."""
 
 
-def _merge_key(module_name: str) -> str:
-    return module_name.replace(".", "_")
-
-
-def _has_own_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
-
-
-def first_conv_name(backbone: nn.Module) -> str:
-    """The module name of the backbone's first conv (timm's ``first_conv``)."""
-    first_conv = backbone.pretrained_cfg.get("first_conv")
-    if isinstance(first_conv, (tuple, list)):
-        first_conv = first_conv[0]
-    if not first_conv:
-        raise ValueError(f"{type(backbone).__name__} has no first_conv in its pretrained config")
-    return first_conv
-
-
-def resolve_merge_points(backbone: nn.Module, at: str | None) -> list[tuple[str, int]]:
-    """``(module name, channels)`` of each point where the mask merges into ``backbone``.
-
-    ``l1`` is timm's ``first_conv``. Stages are ``feature_info`` entries, less those that only re-expose the
-    stem (no parameters of their own, like ResNet's ``act1``, or holding the first conv).
-    """
-    if at in (None, "image"):
-        return []
-    first_conv = first_conv_name(backbone)
-    stem = (first_conv, backbone.get_submodule(first_conv).out_channels)
-    if at == "l1":
-        return [stem]
-    if at == "l3":
-        stride16 = [(info["module"], info["num_chs"]) for info in backbone.feature_info if info["reduction"] == 16]
-        if not stride16:
-            raise ValueError(f"{type(backbone).__name__} has no stage of stride 16 in its feature_info")
-        return [stride16[-1]]
-    if at == "all":
-        stages = [
-            (info["module"], info["num_chs"])
-            for info in backbone.feature_info
-            if _has_own_parameters(backbone.get_submodule(info["module"]))
-            and not first_conv.startswith(info["module"] + ".")
-        ]
-        return [stem, *stages]
-    raise ValueError(f"unknown merge point {at!r}, expected image, l1, l3 or all")
-
-
 class RoiAttentionNet(nn.Module):
     """A timm backbone that classifies the region of the image given by a mask.
+
+    The forward walks the backbone's modules in order (``walk_steps``, verified against the backbone's own
+    ``forward_features`` when the model is built) and merges the mask after the modules at the variant's merge
+    points. The mask is an argument all the way: nothing is stored between calls.
 
     Args:
         backbone: name of a timm CNN (its ``first_conv`` and ``feature_info`` give the merge points).
         variant: a key of ``VARIANTS``, how the mask enters the network.
         num_classes: classifier outputs.
-        in_chans: the channels of the one tensor timm's tools hand the model: 3 (the photo; the mask comes with
-            ``mask=``) or 4 (photo and mask packed, for timm's benchmark and export scripts). The forward takes
-            both forms either way.
+        in_chans: the image's channels (3 for RGB, 1 for a grey photo); the mask comes as ``mask=`` or as one
+            more channel of the packed input, and an image alone makes the whole photo the region.
         mask_resize: how the mask is resized to a merge point: ``max`` (default; a one-pixel ROI reaches
             every merge point), ``area`` or ``bilinear`` (the paper author's; small ROIs can vanish).
         crop_margin: for ``crop``, the box grows by this fraction of its size on each side.
         check_inputs: check values (finite image, mask in [0, 1]) on every eager forward.
-        **backbone_kwargs: passed to ``timm.create_model`` for the backbone (``drop_rate``, ...).
+        **backbone_kwargs: passed to ``timm.create_model`` for the backbone (``drop_rate``, ``device``, ...).
     """
 
     def __init__(
@@ -252,19 +218,21 @@ class RoiAttentionNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown ROI variant {variant!r}, expected one of {tuple(VARIANTS)}")
-        if in_chans not in (3, 4):
-            raise ValueError(
-                "ROI models take a 3-channel image with mask=, or the image and mask packed as 4 channels: "
-                f"in_chans is 3 or 4, got {in_chans}"
-            )
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans is the image's channel count (3 for RGB, 1 for grey), got {in_chans!r}")
         if mask_resize not in MASK_RESIZE_MODES:
             raise ValueError(f"unknown mask_resize {mask_resize!r}, expected one of {MASK_RESIZE_MODES}")
         if not 0 <= crop_margin:
             raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+        self.variant = VARIANTS[variant]
+        factory = {key: backbone_kwargs[key] for key in ("device", "dtype") if key in backbone_kwargs}
+        if self.variant.at in ("l1", "l3", "all"):  # before the backbone: a backbone that cannot be wired is refused
+            walk = resolve_walk(backbone, self.variant.at, dict(backbone_kwargs, in_chans=in_chans))
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **backbone_kwargs
+        )
         self.backbone_name = backbone
         self.variant_name = variant
-        self.variant = VARIANTS[variant]
         self.in_chans = in_chans
         self.num_classes = self.backbone.num_classes
         self.num_features = self.backbone.num_features
@@ -272,64 +240,103 @@ class RoiAttentionNet(nn.Module):
         self.mask_resize = mask_resize
         self.crop_margin = crop_margin
         self.check_inputs = check_inputs
-        self.feature_info = [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
         self.grad_checkpointing = False
-
-        self.merge_points = resolve_merge_points(self.backbone, self.variant.at)
         self.roi_branch = nn.ModuleDict()
-        for module_name, channels in self.merge_points:
-            key = _merge_key(module_name)
-            self.roi_branch[key] = create_merge_layer(self.variant.merge, channels)
-            self.backbone.get_submodule(module_name).register_forward_hook(partial(_merge_into_output, key))
-        if self.variant.at == "image":
-            self.roi_branch["image"] = create_merge_layer(self.variant.merge, 3)
-        if self.merge_points and not self.shares_trunk:  # by name, so that a replica runs its own conv
-            stem = first_conv_name(self.backbone)
-            self.backbone.get_submodule(stem).forward = partial(_first_conv_forward, stem)
+        self.walk_steps: tuple[Step, ...] = ()
+        self.features_walked = False
+        self.merge_channels: dict[str, int] = {}
+        if self.variant.at in ("l1", "l3", "all"):
+            self.walk_steps, self.features_walked = walk.steps, walk.features_walked
+            self.merge_channels = dict(walk.merges)
+            for name, channels in walk.merges:
+                self.roi_branch[merge_key(name)] = create_merge_layer(
+                    self.variant.merge, channels, mask_resize, **factory
+                )
+        elif self.variant.at == "image":
+            self.roi_branch["image"] = create_merge_layer(self.variant.merge, in_chans, mask_resize, **factory)
+        # The modules whose output a stage's features are (torch.fx node names: after a merge, the merged map).
+        merged = {step.name: step.merge for step in self.walk_steps if step.merge}
+        self.feature_info = [
+            dict(
+                info,
+                module=f"roi_branch.{merged[info['module']]}"
+                if info["module"] in merged
+                else f"backbone.{info['module']}",
+            )
+            for info in self.backbone.feature_info
+        ]
 
-    # -- the mask's way into the backbone ------------------------------------------------------------
+    # -- the walk: the backbone's modules in order, the mask merged after the merge points --------------------
 
     def split_input(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(image, mask)`` from the packed input or an image and its mask, checked."""
-        return split_roi_input(x, mask, check_values=self.check_inputs)
+        """``(image, mask)`` from the packed input, an image and its mask, or an image alone (the whole photo)."""
+        return split_roi_input(x, mask, self.in_chans, self.check_inputs)
 
     def _backbone_input(self, image: Tensor, mask: Tensor) -> Tensor:
         if self.variant.crop:
-            return crop_to_roi(image, mask, tuple(image.shape[-2:]), self.crop_margin)
+            return crop_to_roi(image, mask, image.shape[-2:], self.crop_margin)
         if self.variant.at == "image":
             return self.roi_branch["image"](image, mask)
         return image
 
-    def _run_with_mask(self, mask: Tensor, fn: Any, *args: Any, stem: list[Tensor] | None = None, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with ``mask`` visible to the merge points, in this thread and this call only."""
-        previous = getattr(_calls, "current", None)
-        _calls.current = _Call(self, mask, stem)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _calls.current = previous
+    def _run_step(self, step: Step, x: Tensor, mask: Tensor) -> Tensor:
+        module = self.backbone.get_submodule(step.name)
+        if self.grad_checkpointing and step.feature >= 0 and self.training and torch.is_grad_enabled():
+            # A stage with parameters (not a re-exposed stem activation, which may work in place).
+            if next(module.parameters(), None) is not None and not torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+                return self._merge(step, module, x, checkpoint(module, x), mask)
+        return self._merge(step, module, x, module(x), mask)
+
+    def _merge(self, step: Step, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
+        if not step.merge:
+            return features
+        self._refuse_fused(step, module)
+        return self.roi_branch[step.merge].forward_after(module, module_input, features, mask)
+
+    def _refuse_fused(self, step: Step, module: nn.Module) -> None:
+        if isinstance(module, _FusedModule):
+            raise RuntimeError(
+                f"backbone.{step.name} was fused with the layers after it ({type(module).__name__}), but the ROI "
+                f"mask merges right after {step.name} (variant {self.variant_name}): fuse only layers within a "
+                "stage, or after the last merge point"
+            )
+
+    def _walk(self, x: Tensor, mask: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        for step in self.walk_steps[start:stop]:
+            x = self._run_step(step, x, mask)
+        return x
 
     # -- timm model API ------------------------------------------------------------------------------
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Unpooled features of the backbone's last stage."""
         image, mask = self.split_input(x, mask)
-        return self._run_with_mask(mask, self.backbone.forward_features, self._backbone_input(image, mask))
+        x = self._backbone_input(image, mask)
+        if not self.walk_steps:  # the mask changes the input (or nothing): the backbone's own forward
+            return self.backbone.forward_features(x)
+        return self._walk(x, mask)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Logits ``(B, num_classes)`` for the packed ``(B,4,H,W)`` input, or an image with ``mask=``."""
+        """Logits ``(B, num_classes)`` for an image with ``mask=``, the packed input, or an image alone (the whole
+        photo as the region)."""
         return self.forward_head(self.forward_features(x, mask))
+
+    @property
+    def merge_points(self) -> list[tuple[str, int]]:
+        """``(backbone module name, channels)`` of each point the mask merges after, in order."""
+        return [(step.name, self.merge_channels[step.name]) for step in self.walk_steps if step.merge]
 
     @property
     def shares_trunk(self) -> bool:
         """Whether the regions of one photo share real work: the mask enters after the first stage (``_l3``),
         or not at all (``full``). Elsewhere only the first conv, at most, is shared."""
-        if not self.merge_points:
+        if not self.walk_steps:
             return self.variant.merge is None and not self.variant.crop
-        return self.merge_points[0][0] != first_conv_name(self.backbone)
+        first = next(step for step in self.walk_steps if step.merge)
+        return first.name != first_conv_name(self.backbone)
 
     def regions_chunk_size(self, count: int, height: int, width: int, device: torch.device | str) -> int:
         """How many masks of one photo ``forward_regions`` runs together by default (see ``REGION_BATCH_PIXELS``)."""
@@ -339,18 +346,17 @@ class RoiAttentionNet(nn.Module):
         return max(1, min(count, budget // (height * width)))
 
     def forward_regions(self, image: Tensor, masks: Tensor, chunk_size: int | None = None) -> Tensor:
-        """Logits ``(N, num_classes)`` for ``N`` regions of one photo: ``image`` ``(3,H,W)`` or ``(1,3,H,W)``,
+        """Logits ``(N, num_classes)`` for ``N`` regions of one photo: ``image`` ``(C,H,W)`` or ``(1,C,H,W)``,
         ``masks`` ``(N,H,W)`` or ``(N,1,H,W)``; equal to ``model(image.expand(N, ...), mask=masks)``.
 
-        Everything before the first merge point runs once per group of masks and the rest once per mask. Where
-        that shares real work (``shares_trunk``: ``_l3``, ``full``) all masks go together; elsewhere they go in
-        groups of ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward
-        per region).
+        The walk up to the first merge point runs once for the photo, the rest once per mask. Where that shares
+        real work (``shares_trunk``: ``_l3``, ``full``) all masks go together; elsewhere they go in groups of
+        ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward per region).
         """
         if image.ndim == 3:
             image = image.unsqueeze(0)
         if image.ndim != 4 or image.shape[0] != 1:
-            raise RoiInputError(f"forward_regions takes one photo, (3,H,W) or (1,3,H,W), got {tuple(image.shape)}")
+            raise RoiInputError(f"forward_regions takes one photo, (C,H,W) or (1,C,H,W), got {tuple(image.shape)}")
         masks = masks.unsqueeze(1) if masks.ndim == 3 else masks
         count = masks.shape[0]
         if count == 0:
@@ -359,18 +365,27 @@ class RoiAttentionNet(nn.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         image, masks = self.split_input(image.expand(count, *image.shape[1:]), masks)
         photo = image[:1]
-        if not self.merge_points and self.shares_trunk:  # full: the mask is ignored
-            return self._forward_regions_together(photo, masks[:1], []).expand(count, -1)
+        if not self.walk_steps and self.shares_trunk:  # full: the mask is ignored
+            return self.forward_head(self.backbone.forward_features(photo)).expand(count, -1)
         chunk = chunk_size or self.regions_chunk_size(count, *photo.shape[-2:], photo.device)
-        stem: list[Tensor] = []  # the first conv's output for the photo, computed for the first group only
-        logits = [self._forward_regions_together(photo, group, stem) for group in masks.split(chunk)]
+        if not self.walk_steps:  # the mask changes the input itself: nothing to share
+            return torch.cat(
+                [
+                    self.forward_head(self.backbone.forward_features(self._backbone_input(image[: len(m)], m)))
+                    for m in masks.split(chunk)
+                ]
+            )
+        first = next(index for index, step in enumerate(self.walk_steps) if step.merge)
+        step = self.walk_steps[first]
+        trunk_input = self._walk(photo, masks[:1], stop=first)
+        module = self.backbone.get_submodule(step.name)
+        trunk = module(trunk_input)  # once for the photo, whatever the number of groups
+        logits = []
+        for group in masks.split(chunk):
+            size = group.shape[0]
+            x = self._merge(step, module, trunk_input.expand(size, -1, -1, -1), trunk.expand(size, -1, -1, -1), group)
+            logits.append(self.forward_head(self._walk(x, group, start=first + 1)))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
-
-    def _forward_regions_together(self, photo: Tensor, masks: Tensor, stem: list[Tensor]) -> Tensor:
-        if not self.merge_points:  # the mask changes the input itself (or nothing): nothing to share
-            photo = self._backbone_input(photo.expand(masks.shape[0], *photo.shape[1:]), masks)
-        # else the merge points expand the photo's features to one per mask
-        return self.forward_head(self._run_with_mask(masks, self.backbone.forward_features, photo, stem=stem))
 
     def forward_intermediates(
         self,
@@ -381,29 +396,73 @@ class RoiAttentionNet(nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Any:
-        """The backbone's ``forward_intermediates`` with the ROI merged in (timm ``features_only`` uses it)."""
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The features at ``feature_info`` stages, with the ROI merged in (timm's ``features_only`` uses it)."""
         image, mask = self.split_input(x, mask)
-        return self._run_with_mask(
-            mask,
-            self.backbone.forward_intermediates,
-            self._backbone_input(image, mask),
-            indices=indices,
-            norm=norm,
-            stop_early=stop_early,
-            output_fmt=output_fmt,
-            intermediates_only=intermediates_only,
-        )
+        x = self._backbone_input(image, mask)
+        if not self.walk_steps:
+            return self.backbone.forward_intermediates(
+                x,
+                indices=indices,
+                norm=norm,
+                stop_early=stop_early,
+                output_fmt=output_fmt,
+                intermediates_only=intermediates_only,
+            )
+        if output_fmt != "NCHW":
+            raise ValueError(f"ROI models give NCHW intermediates, got output_fmt={output_fmt!r}")
+        if not self.features_walked:
+            raise WiringError(
+                f"the stages of {self.backbone_name} are not all on the walk of variant {self.variant_name}: "
+                "its intermediates cannot be taken with the mask merged in"
+            )
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = max(index for index, step in enumerate(self.walk_steps) if step.feature == max_index)
+        stop = last + 1 if (stop_early or intermediates_only) else None
+        intermediates = []
+        for step in self.walk_steps[:stop]:
+            x = self._run_step(step, x, mask)
+            if step.feature in take_indices and len(intermediates) < len(take_indices):
+                intermediates.append(x)
+        if norm and max_index == len(self.feature_info) - 1:
+            intermediates[-1] = self._final_norm(intermediates[-1], last)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def _final_norm(self, x: Tensor, last: int) -> Tensor:
+        """The normalisation layers that follow the last stage in ``forward_features`` (timm's ``norm=True``)."""
+        for step in self.walk_steps[last + 1 :]:
+            module = self.backbone.get_submodule(step.name)
+            if not isinstance(module, _NORM_LAYERS):
+                break
+            x = module(x)
+        return x
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
+        """timm's pruning of the stages after ``indices``; their merge points go with them."""
         kept = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
-        for module_name, _ in self.merge_points:
+        steps = []
+        for step in self.walk_steps:
             try:
-                self.backbone.get_submodule(module_name)
+                module = self.backbone.get_submodule(step.name)
             except AttributeError:
-                del self.roi_branch[_merge_key(module_name)]
+                module = None
+            pruned = (
+                module is None or isinstance(module, nn.Identity) or (isinstance(module, nn.Sequential) and not module)
+            )
+            if step.merge and not pruned:
+                steps.append(step)
+            elif module is not None:
+                steps.append(step._replace(merge=""))
+        for key in set(self.roi_branch) - {step.merge for step in steps} - {"image"}:
+            del self.roi_branch[key]
+        self.walk_steps = tuple(steps)
+        self.num_classes = self.backbone.num_classes
+        self.num_features = self.backbone.num_features
+        self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
         return kept
 
     def get_classifier(self) -> nn.Module:
@@ -415,132 +474,181 @@ class RoiAttentionNet(nn.Module):
         else:
             self.backbone.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
+        self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each backbone stage in the backward pass instead of storing its activations.
-
-        The stages (``feature_info``) are checkpointed here, with the mask passed in explicitly, because
-        the side branch needs the mask again when a stage is recomputed.
-        """
+        """Recompute each backbone stage in the backward pass instead of storing its activations (the mask is
+        merged outside the checkpointed stages, so recomputation needs nothing but the stage's input)."""
         self.grad_checkpointing = enable
-        for info in self.backbone.feature_info:
-            stage = self.backbone.get_submodule(info["module"])
-            if not _has_own_parameters(stage):
-                continue
-            if enable:  # by name: a replica (nn.DataParallel) copies this and must run its own stage
-                stage.forward = partial(_checkpointed_forward, info["module"])
-            else:
-                stage.__dict__.pop("forward", None)
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups of the backbone (``backbone.`` names), and the side branch as one more."""
+        groups = {key: _prefixed(value) for key, value in self.backbone.group_matcher(coarse=coarse).items()}
+        return dict(groups, roi_branch=r"^roi_branch\.")
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         inner = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{name}" for name in inner}
 
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for ``pretrained_cfg`` (the same dict, never a stale copy)."""
+        return self.pretrained_cfg
 
-class _Call(NamedTuple):
-    """One forward in progress: the model (or replica) that runs it, its mask and, in ``forward_regions``, the
-    photo's first-conv output once computed (shared by every group of masks)."""
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
 
-    model: RoiAttentionNet
-    mask: Tensor
-    stem: list[Tensor] | None = None
-
-
-# The forward in progress in each thread. A call sets it for its own duration and restores the caller's, so
-# threads sharing a model, re-entrant calls and DataParallel replicas (one thread each) never see another's mask.
-_calls = threading.local()
-
-
-def _current_call() -> _Call:
-    call = getattr(_calls, "current", None)
-    if call is None:
-        raise RuntimeError("the ROI model's backbone ran without a mask: call the ROI model itself, not model.backbone")
-    return call
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: the same modules, with the walk's steps in a ``ModuleList``."""
+        return ScriptableRoiNet(self)
 
 
-def _first_conv_forward(name: str, x: Tensor) -> Tensor:
-    """The first conv's forward where the mask merges right after it: in ``forward_regions`` it runs once for
-    the photo, whatever the number of groups of masks."""
-    model, _, stem = _current_call()
-    if stem:
-        return stem[0]
-    conv = model.backbone.get_submodule(name)
-    output = type(conv).forward(conv, x)
-    if stem is not None:
-        stem.append(output)
-    return output
+_NORM_LAYERS = (nn.Identity, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def _merge_into_output(key: str, module: nn.Module, args: Any, output: Tensor) -> Tensor:
-    """Forward hook of a merge point: merge the running call's mask into the module's output."""
-    model, mask, _ = _current_call()
-    merge = model.roi_branch[key]
-    resized = resize_mask(mask, output.shape[-2:], model.mask_resize)
-    if output.shape[0] == 1 and mask.shape[0] > 1:  # forward_regions: the shared trunk ends here
-        return merge(output.expand(mask.shape[0], *output.shape[1:]), resized)
-    if isinstance(merge, MaskAttentionMul) and not module._modules and len(args) == 1:
-        # A leaf (the first conv) keeps its input for its own backward: recompute the features from it.
-        return merge(output, resized, source=module, source_input=args[0])
-    return merge(output, resized)
+def _prefixed(matcher: Any) -> Any:
+    """A timm group matcher (a regex, or a list of ``(regex, ordinal)``) for names under ``backbone.``."""
+    if isinstance(matcher, str):
+        return r"^backbone\.(?:" + matcher.removeprefix("^").replace("|^", "|") + ")"
+    return [(_prefixed(pattern), ordinal) for pattern, ordinal in matcher]
 
 
-def _checkpointed_forward(stage_name: str, *args: Any) -> Any:
-    """A backbone stage's forward, recomputed in backward with the mask of the call that first ran it."""
-    model, mask, _ = _current_call()
-    stage = model.backbone.get_submodule(stage_name)
-    forward = type(stage).forward
-    if not (torch.is_grad_enabled() and model.training):
-        return forward(stage, *args)
-    if is_tracing():  # a compiler recomputes the stage from its own graph, never this Python: no frame to restore
-        return checkpoint(forward, stage, *args, use_reentrant=False)
-    return checkpoint(model._run_with_mask, mask, forward, stage, *args, use_reentrant=False)
+class _NoMerge(nn.Module):
+    """A step with no merge point after it (TorchScript walks steps and merges side by side)."""
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        return features
+
+
+class ScriptableRoiNet(nn.Module):
+    """``RoiAttentionNet`` as TorchScript compiles it (``torch.jit.script(model)`` builds one): the same modules
+    and parameters, the walk's steps and merges as two ``ModuleList``s walked side by side."""
+
+    __constants__ = ("crop", "crop_margin", "in_chans", "walked")
+
+    def __init__(self, model: RoiAttentionNet) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.in_chans = model.in_chans
+        self.crop = model.variant.crop
+        self.crop_margin = float(model.crop_margin)
+        self.walked = bool(model.walk_steps)
+        self.num_classes = model.num_classes
+        self.pretrained_cfg = model.pretrained_cfg
+        self.image_merge = model.roi_branch["image"] if "image" in model.roi_branch else _NoMerge()
+        steps = [model.backbone.get_submodule(step.name) for step in model.walk_steps]
+        for step, module in zip(model.walk_steps, steps, strict=True):
+            if step.merge:
+                model._refuse_fused(step, module)
+        self.steps = nn.ModuleList(steps)
+        self.merges = nn.ModuleList(
+            [model.roi_branch[step.merge] if step.merge else _NoMerge() for step in model.walk_steps]
+        )
+
+    @torch.jit.export
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        image, full_mask = split_roi_input(x, mask, self.in_chans, False)
+        if self.crop:
+            x = crop_to_roi(image, full_mask, image.shape[-2:], self.crop_margin)
+        else:
+            x = self.image_merge(image, full_mask)
+        if not self.walked:
+            return self.backbone.forward_features(x)
+        for step, merge in zip(self.steps, self.merges):  # noqa: B905 (TorchScript's zip has no strict)
+            x = merge(step(x), full_mask)
+        return x
+
+    @torch.jit.export
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(x, mask), False)
+
+
+torch.fx.wrap("split_roi_input")
+torch.fx.wrap("crop_to_roi")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) -> dict[str, Tensor]:
     """Accept a full ROI model state dict, or a plain backbone one (the side branch keeps its init).
 
     Raises a short ``ValueError`` naming the first missing, unexpected and misshapen tensors when the
-    weights do not fit the architecture (the classifier may differ: timm re-initialises it).
+    weights do not fit the architecture (the classifier may differ or be absent: timm re-initialises or drops it;
+    the first conv's input channels may differ: timm adapts them to ``in_chans``).
     """
     if not any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
         state_dict = {f"backbone.{key}": value for key, value in state_dict.items()}
         state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("roi_branch.")})
     expected = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier") or ""
+    first_conv = f"{model.pretrained_cfg.get('first_conv') or ''}.weight"
+
+    def fits(key: str, value: Tensor) -> bool:
+        if value.shape == expected[key].shape or key.startswith(f"{classifier}."):
+            return True
+        return key == first_conv and value.shape[0] == expected[key].shape[0] and model.in_chans != value.shape[1]
+
     problems = {
         "missing": [key for key in expected if key not in state_dict],
-        "unexpected": [key for key in state_dict if key not in expected],
+        "unexpected": [key for key in state_dict if key not in expected and not key.startswith(f"{classifier}.")],
         "misshapen": [
             f"{key} {tuple(value.shape)} != {tuple(expected[key].shape)}"
             for key, value in state_dict.items()
-            if key in expected and value.shape != expected[key].shape and not key.startswith(f"{classifier}.")
+            if key in expected and not fits(key, value)
         ],
     }
     if any(problems.values()):
         found = "; ".join(f"{len(v)} {k} (first: {', '.join(v[:3])})" for k, v in problems.items() if v)
         raise ValueError(f"the weights do not fit {model.backbone_name} with variant {model.variant_name}: {found}")
-    return state_dict
+    return {key: value for key, value in state_dict.items() if key in expected}
 
 
-def packed_input_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A pretrained config describing the packed ``(4,H,W)`` input: the mask channel is not normalised."""
-    return dict(cfg, input_size=(4, *cfg["input_size"][1:]), mean=(*cfg["mean"][:3], 0.0), std=(*cfg["std"][:3], 1.0))
+def _image_cfg(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """The pretrained config for an image of ``in_chans`` channels: one mean and std per channel (a grey photo
+    takes the RGB means' mean, as timm's first-conv adaptation sums the RGB filters)."""
+    mean, std = tuple(cfg["mean"][:3]), tuple(cfg["std"][:3])
+    if in_chans == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    else:
+        mean, std = tuple(mean[i % 3] for i in range(in_chans)), tuple(std[i % 3] for i in range(in_chans))
+    return dict(cfg, input_size=(in_chans, *cfg["input_size"][1:]), mean=mean, std=std)
 
 
-def image_input_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A pretrained config describing the ``(3,H,W)`` photo (from one that described the packed input)."""
-    return dict(cfg, input_size=(3, *cfg["input_size"][1:]), mean=tuple(cfg["mean"][:3]), std=tuple(cfg["std"][:3]))
+def _is_packed_cfg(cfg: dict[str, Any]) -> bool:
+    """Whether a saved config describes the packed RGB + mask input (saved before ``in_chans`` meant the image's
+    channels): four channels, the fourth with mean 0 and std 1."""
+    mean, std = cfg.get("mean") or (), cfg.get("std") or ()
+    return len(mean) == 4 and len(std) == 4 and mean[3] == 0.0 and std[3] == 1.0
+
+
+_FEATURE_CLASSES = ("getter", "fx")
 
 
 def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> RoiAttentionNet:
     built: list[RoiAttentionNet] = []
-    # Kept from timm's loader, which would widen the pretrained first conv to in_chans: the photo stays RGB.
-    in_chans = kwargs.pop("in_chans", 3)
+    saved_cfg = kwargs.get("pretrained_cfg")
+    if kwargs.get("in_chans", 4) == 4 and isinstance(saved_cfg, dict) and _is_packed_cfg(saved_cfg):
+        kwargs["in_chans"] = 3  # a folder saved when in_chans=4 meant the packed input
+    feature_cls = kwargs.get("feature_cls", (kwargs.get("feature_cfg") or {}).get("feature_cls", "getter"))
+    if kwargs.get("features_only") and isinstance(feature_cls, str) and feature_cls not in _FEATURE_CLASSES:
+        raise ValueError(
+            f"ROI models give features with feature_cls 'getter' (default) or 'fx', got {feature_cls!r}: hooks "
+            "and module dicts cannot pass the mask to the merge points"
+        )
+
+    feature_cfg: dict[str, Any] = dict(feature_cls="getter")
+    if kwargs.get("features_only") and "out_indices" not in kwargs:
+        with torch.device("meta"):  # every stage the backbone has (timm's default assumes five)
+            stages = len(timm.create_model(model_cfgs[name]["backbone"]).feature_info)
+        feature_cfg["out_indices"] = tuple(range(stages))
 
     def construct(**model_kwargs: Any) -> RoiAttentionNet:
-        model_kwargs["in_chans"] = in_chans  # timm passes the config's 3 (the photo's channels)
         built.append(RoiAttentionNet(**model_cfgs[name], **model_kwargs))
         return built[-1]
 
@@ -550,7 +658,7 @@ def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> Roi
             name,
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(feature_cls="getter"),
+            feature_cfg=feature_cfg,
             **kwargs,
         )
     except Exception as error:
@@ -559,11 +667,10 @@ def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> Roi
         raise PretrainedWeightsError(_weights_error_message(name, built[-1], error)) from error
     if isinstance(model, RoiAttentionNet):
         update_model_args(model, mask_resize=model.mask_resize, crop_margin=model.crop_margin)
-        if in_chans == 4:
-            update_model_args(model, in_chans=4)
-            model.pretrained_cfg = packed_input_cfg(model.pretrained_cfg)
-        elif len(model.pretrained_cfg.get("mean") or ()) == 4:  # saved when configs described the packed input
-            model.pretrained_cfg = image_input_cfg(model.pretrained_cfg)
+        if _is_packed_cfg(model.pretrained_cfg):  # saved when configs described the packed input
+            model.pretrained_cfg = _image_cfg(model.pretrained_cfg, 3)
+        if model.pretrained_cfg["input_size"][0] != model.in_chans:
+            model.pretrained_cfg = _image_cfg(model.pretrained_cfg, model.in_chans)
     return model
 
 

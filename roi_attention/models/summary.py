@@ -6,7 +6,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .roi_net import VARIANTS, model_cfgs
+from .roi_net import BACKBONES, VARIANTS, RoiAttentionNet, model_cfgs
 
 
 def model_summary(name: str, input_size: tuple[int, int] | None = None) -> dict[str, float | int | str]:
@@ -43,4 +43,20 @@ def markdown_table(names: list[str] | None = None) -> str:
             f"| `{s['model']}` | {s['backbone']} | {s['variant']} | {s['paper']} | {s['params_m']:.2f} "
             f"| {s['side_branch_params']:,} | {s['gmacs']:.2f} | {s['input_size']} |"
         )
+    return "\n".join(rows)
+
+
+def merge_points_table(backbones: list[str] | None = None) -> str:
+    """A markdown table of the backbone modules each kind of merge point merges after, on each backbone."""
+    rows = [
+        "| backbone | `_l1` (after) | `_l3` (after) | `_all` (after) |",
+        "|---|---|---|---|",
+    ]
+    for backbone in backbones or list(BACKBONES):
+        cells = []
+        for at in ("l1", "l3", "all"):
+            with torch.device("meta"):  # built without memory
+                model = RoiAttentionNet(backbone, f"add_{at}", num_classes=0, check_inputs=False)
+            cells.append(", ".join(f"`{name}` ({channels})" for name, channels in model.merge_points))
+        rows.append(f"| {backbone} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -1,0 +1,159 @@
+"""timm's own model tests, unchanged, on every ROI model of two backbones and one of each other backbone.
+
+``tests/test_models.py`` comes from the sdist of the installed timm version on PyPI (downloaded once into a cache,
+never vendored) and runs in a subprocess with only the model selection made here (``-k``). Its pretrained tests
+download the backbones' ImageNet weights from the Hub: olah serves them on 127.0.0.1 (weights of the right shapes,
+drawn at random here: what is tested is timm's loading path, ``in_chans=1`` and ``features_only`` included).
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from roi_attention.models import BACKBONES
+
+from .hub_server import OlahMirror, commit_files, git, hub_env
+
+pytestmark = pytest.mark.slow
+
+BACKBONES_TESTED = ("resnet18", "tf_efficientnet_lite0")  # every variant
+# The other backbones with the variant that merges at every stage (the other variants' code is the same).
+ONE_VARIANT = tuple(f"roi_{backbone}_mul_all" for backbone in BACKBONES if backbone not in BACKBONES_TESTED)
+ONE_VARIANT = tuple(name for name in ONE_VARIANT if not name.startswith("roi_resnet"))  # resnet18 stands for them
+# Every test of timm's file that takes each model of the registry (its other tests name timm's own models).
+TIMM_TESTS = {
+    "test_model_forward",
+    "test_model_backward",
+    "test_model_default_cfgs",
+    "test_model_forward_torchscript",
+    "test_model_forward_features",
+    "test_model_forward_fx",
+    "test_model_backward_fx",
+    "test_model_forward_fx_torchscript",
+    "test_model_load_pretrained",
+    "test_model_features_pretrained",
+}
+
+
+def timm_tests_dir() -> Path:
+    """``tests/`` and ``pyproject.toml`` (its pytest settings) of the installed timm's sdist, cached per version."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roi-attention"
+    target = cache / f"timm-{timm.__version__}-tests"
+    if (target / "tests" / "test_models.py").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        download = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"timm=={timm.__version__}",
+                "-d",
+                scratch,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if download.returncode:
+            pytest.skip(f"timm's sdist could not be downloaded from the package registry: {download.stderr[-500:]}")
+        (sdist,) = Path(scratch).glob("timm-*.tar.gz")
+        staged = Path(scratch) / "staged"
+        with tarfile.open(sdist) as archive:
+            top = f"timm-{timm.__version__}/"
+            members = [m for m in archive.getmembers() if m.name.startswith((top + "tests/", top + "pyproject.toml"))]
+            for member in members:
+                member.name = member.name[len(top) :]
+            archive.extractall(staged, members=members, filter="data")
+        try:
+            staged.rename(target)  # whole or not at all
+        except OSError:
+            if not (target / "tests" / "test_models.py").is_file():
+                raise
+    return target
+
+
+@pytest.fixture(scope="module")
+def backbone_hub(tmp_path_factory):
+    """olah serving ``timm/{backbone}.{tag}`` for the tested backbones, as the Hub serves timm's weights."""
+    root = tmp_path_factory.mktemp("timm-hub")
+    mirrors = root / "mirrors"
+    for backbone in (*BACKBONES_TESTED, *(name[4:].removesuffix("_mul_all") for name in ONE_VARIANT)):
+        repo = mirrors / "models" / "timm" / f"{backbone}.{BACKBONES[backbone]}"
+        repo.mkdir(parents=True)
+        git(repo, "init", "-q", "-b", "main")
+        torch.manual_seed(0)
+        weights = root / f"{backbone}.safetensors"
+        save_file(timm.create_model(backbone).state_dict(), str(weights))
+        commit_files(repo, {"model.safetensors": weights.read_bytes()}, "weights")
+    olah = OlahMirror(root, mirrors)
+    yield olah.endpoint, root / "hf-home"
+    olah.close()
+
+
+def test_timms_model_tests_pass_on_the_roi_models(backbone_hub, tmp_path):
+    tests = timm_tests_dir()
+    names = [n for n in timm.list_models("roi_*") if any(n.startswith(f"roi_{b}_") for b in BACKBONES_TESTED)]
+    names += ONE_VARIANT
+    selection = " or ".join([f"roi_{backbone}_" for backbone in BACKBONES_TESTED] + list(ONE_VARIANT))
+    report = tmp_path / "report.xml"
+    endpoint, hf_home = backbone_hub
+    env = hub_env(endpoint, hf_home)
+    env.pop("OMP_NUM_THREADS")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_models.py",
+            "-p",
+            "roi_attention",
+            "-k",
+            selection,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore",
+            f"--junitxml={report}",
+        ],
+        cwd=tests,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    outcomes = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        outcomes[case.get("name")] = "failed" if failed else "skipped" if skipped else "passed"
+    not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
+    assert run.returncode == 0 and not not_passed, f"{not_passed}\n{run.stdout[-3000:]}"
+    for name in names:  # every test that takes registry models ran on every model, pretrained tags included
+        ran = {case.split("[")[0] for case in outcomes if case.endswith((f"-{name}]", f"-{name}.{_tag(name)}]"))}
+        assert ran == TIMM_TESTS, (name, TIMM_TESTS - ran)
+
+
+def _tag(name: str) -> str:
+    return BACKBONES[next(b for b in BACKBONES if name.startswith(f"roi_{b}_"))]
+
+
+def test_the_cached_sdist_holds_tests_only():
+    tests = timm_tests_dir()
+    assert (tests / "tests" / "test_models.py").is_file() and (tests / "pyproject.toml").is_file()
+    assert not (tests / "timm").exists()  # the installed timm is the one tested, never a copy beside the tests
