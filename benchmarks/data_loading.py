@@ -24,7 +24,7 @@ from common import machine, paired_medians
 from dataset_build_memory import write_coco_folder
 
 from roi_attention.data import CocoRegions, RegionDataset, build_region_dataset, region_collate, train_transform
-from roi_attention.training import SeededRegions
+from roi_attention.train import SeededRegions
 
 
 def main(argv: list[str] | None = None) -> int:

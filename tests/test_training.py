@@ -1,6 +1,7 @@
 """Training: configs, two CPU processes against one, resuming after SIGKILL, config errors, what it leaves."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,13 +19,14 @@ from safetensors.torch import load_file, save_file
 
 from roi_attention.data import CocoRegions, build_region_dataset
 from roi_attention.models import VARIANTS
-from roi_attention.training import DrawSampler, load_config
-from roi_attention.training.config import ConfigError
+from roi_attention.train import DrawSampler, build_optimizer, build_scheduler, load_config
+from roi_attention.train.config import ConfigError
 
 from .data_fixtures import write_coco_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "train" / "train.py"
+# The package's loop with the tests' probes (per-rank logs, SIGKILL at a step) given through its step callback.
+TRAIN = Path(__file__).with_name("train_probe.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": tempfile.mkdtemp()}
 
 
@@ -64,12 +66,14 @@ def _train(dataset, out, launcher=None, **overrides):
 
 
 def _accelerate(processes):
-    """`accelerate launch` for N processes. --multi_gpu selects torchrun; the script asks for the CPU, so the
-    processes run as MULTI_CPU with gloo (`--cpu` alone starts a single process)."""
+    """`accelerate launch` for N processes: the repository's DDP config (train/accelerate/ddp.yaml); on a machine
+    without GPUs the loop asks for the CPU and the processes run as MULTI_CPU with gloo."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    mode = "--multi_gpu" if processes > 1 else "--cpu"
-    options = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no"]
-    return [accelerate, "launch", mode, *options, "--dynamo_backend", "no"]
+    if processes > 1:
+        options = ["--config_file", str(ROOT / "train" / "accelerate" / "ddp.yaml")]
+    else:
+        options = ["--cpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    return [accelerate, "launch", *options, "--num_processes", str(processes), "--mixed_precision", "no"]
 
 
 def _weights(out):
@@ -138,16 +142,16 @@ def test_the_draw_sampler_splits_one_sequence_across_ranks_and_resumes():
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_with_the_same_global_batch(dataset, tmp_path):
-    common = dict(freeze_bn="true", debug_rank_log="true", eval_split="none", max_steps=3)
+    common = dict(freeze_bn="true", probe_rank_log="true", eval_split="none", max_steps=3)
     two = _train(dataset, tmp_path / "two", launcher=[*_accelerate(2)], batch_size=2, **common)
     assert two.returncode == 0, two.stderr[-3000:]
     one = _train(dataset, tmp_path / "one", batch_size=4, **common)
     assert one.returncode == 0, one.stderr[-3000:]
     logs = [
-        [json.loads(line) for line in (tmp_path / "two" / "debug" / f"rank{r}.jsonl").read_text().splitlines()]
+        [json.loads(line) for line in (tmp_path / "two" / "probe" / f"rank{r}.jsonl").read_text().splitlines()]
         for r in range(2)
     ]
-    single = [json.loads(line) for line in (tmp_path / "one" / "debug" / "rank0.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "one" / "probe" / "rank0.jsonl").read_text().splitlines()]
     assert len(logs[0]) == len(logs[1]) == len(single) == 3
     for step in range(3):
         assert logs[0][step]["checksum"] == logs[1][step]["checksum"], "ranks hold different weights"
@@ -160,7 +164,7 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(dataset, tmp_pat
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(dataset, tmp_path):
     common = dict(max_steps=6, save_every=2, deterministic="true", num_workers=2, eval_split="none")
-    killed = _train(dataset, tmp_path / "run", debug_kill_at_step=5, **common)
+    killed = _train(dataset, tmp_path / "run", probe_kill_at_step=5, **common)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "run" / "model").exists()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
@@ -235,7 +239,7 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
         (dict(dataset="/nonexistent/regions"), "dataset /nonexistent/regions does not exist"),
         (dict(num_classes=80), "num_classes is 80, the dataset has 6 classes"),
         (dict(output_dir="/proc/not-writable"), "is not writable"),
-        (dict(optimizer="lion"), "optimizer must be one of"),
+        (dict(optimizer="nonsense"), "optimizer must be a timm optimizer name"),
         (dict(model="roi_resnet18_add_l1", pretrained="true"), "could not be loaded"),
     ],
 )
@@ -270,3 +274,107 @@ def test_training_options_together_and_a_frozen_backbone_stays_frozen(dataset, t
     assert changed, "nothing trained"
     assert all(key.startswith(("backbone.fc.", "roi_branch.")) for key in changed), sorted(changed)[:5]
     assert any(key.startswith("roi_branch.") for key in changed)
+
+
+def test_weight_decay_spares_biases_norms_and_the_side_branch_identity():
+    """AdamW with zero gradients: only decoupled weight decay moves a weight. The multiplication side branch's bias
+    (1, the identity) and every norm weight stay bitwise; the convs' weights shrink by lr x decay a step."""
+    model = timm.create_model("roi_resnet18_mul_l1", num_classes=6)
+    assert torch.all(model.roi_branch["conv1"].bias == 1)
+    cfg = load_config(None, ["--optimizer", "adamw", "--lr", "1e-3", "--weight_decay", "10"])
+    optimizer = build_optimizer(cfg, model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for _ in range(10):
+        for parameter in model.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
+    after = dict(model.named_parameters())
+    spared = [name for name, p in before.items() if p.ndim <= 1]  # biases and norm weights
+    assert "roi_branch.conv1.bias" in spared and "backbone.bn1.weight" in spared
+    assert all(torch.equal(after[name], before[name]) for name in spared), "a bias or norm weight was decayed"
+    conv = "backbone.layer1.0.conv1.weight"
+    assert torch.allclose(after[conv], before[conv] * (1 - 1e-3 * 10) ** 10, rtol=1e-5)
+
+
+def test_the_side_branch_learns_at_its_scale_through_timms_warmup_and_cosine():
+    model = timm.create_model("roi_resnet18_add_l1", num_classes=6)
+    overrides = ["--recipe", "modern", "--lr", "0.1", "--warmup_steps", "4", "--max_steps", "20"]
+    cfg = load_config(None, [*overrides, "--side_branch_lr_scale", "10"])
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    side = {id(p) for p in model.roi_branch.parameters()}
+    for step in range(20):
+        scheduler.step_update(step)
+        # hand-computed: linear warmup from lr/4 to lr, then half a cosine from lr to 0 over the 16 steps left
+        if step < 4:
+            expected = 0.1 / 4 + step * (0.1 - 0.1 / 4) / 4
+        else:
+            expected = 0.1 * 0.5 * (1 + math.cos(math.pi * (step - 4) / 16))
+        for group in optimizer.param_groups:
+            scale = 10 if id(group["params"][0]) in side else 1
+            assert all((id(p) in side) == (scale == 10) for p in group["params"])
+            assert group["lr"] == pytest.approx(expected * scale, rel=1e-6), (step, scale)
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_fine_tunes_from_an_empty_folder(dataset, tmp_path):
+    """The project's wheel, unpacked outside the checkout, trains with `python -m roi_attention.train` from an empty
+    working directory: the loop, its card template and its defaults ship in the package."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, ROOT],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("roi_attention-*.whl")
+    site = tmp_path / "site"
+    shutil.unpack_archive(wheel, site, format="zip")
+    assert not (site / "train").exists() and (site / "roi_attention" / "train" / "__main__.py").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**ENV, "PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import roi_attention.train; print(roi_attention.train.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=empty,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "roi_attention.train", *_args(dataset, "out", max_steps=2, eval_every=2)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=empty,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = timm.create_model(f"local-dir:{empty / 'out' / 'model'}", pretrained=True)
+    assert model.num_classes == 6 and (empty / "out" / "model" / "README.md").is_file()
+    assert sorted(p.name for p in empty.iterdir()) == ["out"]
+
+
+def test_roi_attention_train_is_the_same_loop_as_python_m(dataset, tmp_path):
+    from roi_attention.cli import main as cli_main
+
+    assert cli_main(["train", *_args(dataset, tmp_path / "out", optimizer="nonsense")]) == 2
+    assert cli_main(["train", "--config"]) == 2
+
+
+def test_the_fsdp_config_is_accelerates_and_wraps_blocks_the_backbone_has(dataset, tmp_path):
+    """What runs here: accelerate reads the file, and its wrap class names blocks of the model it is for. FSDP itself
+    needs GPUs (accelerate runs CPU processes as DDP): on CPUs the loop refuses, saying so, before any step."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = ROOT / "train" / "accelerate" / "fsdp.yaml"
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_activation_checkpointing"] is True
+    wrapped = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+    with torch.device("meta"):
+        blocks = timm.create_model("roi_resnet50_add_l1").modules()
+    assert wrapped in {type(module).__name__ for module in blocks}
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    launcher = [accelerate, "launch", "--config_file", str(path), "--num_processes", "2", "--mixed_precision", "no"]
+    run = _train(dataset, tmp_path / "out", launcher=launcher)
+    assert run.returncode != 0 and "asks for FSDP, but accelerate runs these processes as MULTI_CPU" in run.stderr
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "checkpoints").exists()

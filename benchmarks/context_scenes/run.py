@@ -36,7 +36,7 @@ from roi_attention.data.regions import load_region_split
 from roi_attention.data.scenes import SCENE_TRAINING, SIZE_RANGE_SCENES, SMALL_SCENES, build_scene_dataset
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.models import VARIANTS
-from roi_attention.training.launch import run_training
+from roi_attention.train import run_training
 
 BACKBONE = "tf_efficientnet_lite0"
 # Scenes of 64x64 pixels seen at their own size (SMALL_SCENES, SCENE_TRAINING): what 2 CPU cores can train

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 from torch import nn
@@ -25,6 +26,7 @@ def save_model(
     extra_files: dict[str, str] | None = None,
     card: bool = False,
     repo_id: str | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` to ``directory``; nothing pickled.
 
@@ -32,6 +34,7 @@ def save_model(
     ``label_names`` (one per class) go into the config; by default the model's own, if it has them.
     ``extra_files`` (name -> text: ``eval_results.json``, ``train_config.yaml``) are written beside them; with
     ``card`` the model card is rendered from them into ``README.md`` (its code loads from ``repo_id`` if given).
+    ``state_dict``: the weights to write, when the model's own are sharded (``accelerator.get_state_dict``).
     """
     directory = Path(directory)
     if directory.exists() and not overwrite:
@@ -45,7 +48,8 @@ def save_model(
     try:
         model_config = {"label_names": list(label_names)} if label_names is not None else None
         # timm's save_for_hf, with contiguous tensors: safetensors refuses channels-last weights.
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS_NAME))
+        weights = model.state_dict() if state_dict is None else state_dict
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / WEIGHTS_NAME))
         save_config_for_hf(model, str(staging / CONFIG_NAME), model_config=model_config)
         _check_saved(staging)
         for name, text in (extra_files or {}).items():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from timm.optim import list_optimizers
 
 # The author's recipe (method.md) and a modern one; fields left unset in a config come from its recipe.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -54,10 +55,10 @@ class TrainConfig:
     image_size: int | None = None  # training crop and eval size; the model's input size by default
 
     recipe: str = "paper"
-    optimizer: str | None = None
+    optimizer: str | None = None  # a timm optimizer name (timm.optim.list_optimizers()): adam, adamw, sgd, lamb...
     lr: float | None = None
     weight_decay: float | None = None
-    schedule: str | None = None
+    schedule: str | None = None  # constant or cosine (to zero at max_steps), after warmup_steps of linear warmup
     warmup_steps: int | None = None
     label_smoothing: float | None = None
     side_branch_lr_scale: float = 1.0  # the ROI side branch starts at zero: a larger rate lets it catch up
@@ -73,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
 
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # no, bf16 or fp16; by default accelerate's (its launch config), else no
     grad_checkpointing: bool = False
     compile: bool = False
     channels_last: bool = False
@@ -88,9 +89,6 @@ class TrainConfig:
     tracker: str = "tensorboard"
     resume: str | None = None  # "latest" or a checkpoint folder
     push_to_hub: str | None = None
-
-    debug_rank_log: bool = False  # per-rank region ids and weight checksums, for the distributed tests
-    debug_kill_at_step: int | None = None  # SIGKILL itself after this step, for the resume test
 
     def resolved(self) -> TrainConfig:
         """A copy with the recipe's values filled in."""
@@ -161,10 +159,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("no dataset: set dataset (a region dataset folder or Hub id)")
     if not cfg.output_dir:
         raise ConfigError("no output_dir")
+    if cfg.optimizer not in list_optimizers():
+        raise ConfigError(
+            f"optimizer must be a timm optimizer name (timm.optim.list_optimizers()), got {cfg.optimizer!r}"
+        )
     choices = dict(
-        optimizer=("adam", "adamw", "sgd"),
         schedule=("constant", "cosine"),
-        mixed_precision=("no", "bf16", "fp16"),
+        mixed_precision=(None, "no", "bf16", "fp16"),
         tracker=("tensorboard", "none"),
     )
     for key, allowed in choices.items():
