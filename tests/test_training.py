@@ -283,6 +283,8 @@ def test_weight_decay_spares_biases_norms_and_the_side_branch_identity():
     assert torch.all(model.roi_branch["conv1"].bias == 1)
     cfg = load_config(None, ["--optimizer", "adamw", "--lr", "1e-3", "--weight_decay", "10"])
     optimizer = build_optimizer(cfg, model)
+    held = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(held) == sorted(id(p) for p in model.parameters()), "a parameter missing or in two groups"
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for _ in range(10):
         for parameter in model.parameters():
@@ -332,22 +334,14 @@ def test_an_installed_wheel_fine_tunes_from_an_empty_folder(dataset, tmp_path):
     assert not (site / "train").exists() and (site / "roi_attention" / "train" / "__main__.py").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {**ENV, "PYTHONPATH": str(site)}
-    where = subprocess.run(
-        [sys.executable, "-c", "import roi_attention.train; print(roi_attention.train.__file__)"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=empty,
-    )
+
+    def python(*arguments):
+        env = {**ENV, "PYTHONPATH": str(site)}
+        return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, env=env, cwd=empty)
+
+    where = python("-c", "import roi_attention.train; print(roi_attention.train.__file__)")
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "roi_attention.train", *_args(dataset, "out", max_steps=2, eval_every=2)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=empty,
-    )
+    run = python("-m", "roi_attention.train", *_args(dataset, "out", max_steps=2, eval_every=2))
     assert run.returncode == 0, run.stderr[-3000:]
     model = timm.create_model(f"local-dir:{empty / 'out' / 'model'}", pretrained=True)
     assert model.num_classes == 6 and (empty / "out" / "model" / "README.md").is_file()
