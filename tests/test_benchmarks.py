@@ -27,6 +27,12 @@ def _run(script: str, *args: str) -> str:
     return result.stdout
 
 
+def test_region_memory_benchmark_runs():
+    printed = _run("region_memory.py", "--model", "roi_resnet18_add_l3", "--counts", "2", "40")
+    peaks = [int(line.split()[1]) for line in printed.splitlines() if re.match(r"\s+(2|40) ", line)]
+    assert len(peaks) == 2 and re.search(r"peak RSS 40 regions / 2 regions: \d+\.\d\d", printed), printed
+
+
 def test_roi_overhead_benchmark_runs():
     out = _run(
         "roi_overhead.py",

@@ -15,7 +15,15 @@ from PIL import Image
 from roi_attention.cli import main
 from roi_attention.data import COCO_CLASSES, CocoRegions, RegionDataset, build_region_dataset, eval_transform
 from roi_attention.hub import save_model
-from roi_attention.predict import DISPLAY_LONG_SIDE, LEGEND_WIDTH, predict_regions, read_mask, read_photo
+from roi_attention.predict import (
+    DISPLAY_LONG_SIDE,
+    LEGEND_MARGIN,
+    LEGEND_ROW_HEIGHT,
+    MIN_PICTURE_WIDTH,
+    predict_regions,
+    read_mask,
+    read_photo,
+)
 
 from .conftest import SHARED_FIXTURES, randomize_side_branch
 from .data_fixtures import write_coco_fixture
@@ -180,12 +188,15 @@ def test_predict_on_the_authors_real_photos_and_masks(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[1] for line in lines[: len(masks)]] == masks
     with Image.open(tmp_path / "v.png") as viz, Image.open(folder / "Image.png") as photo:
-        # The photo at 800 pixels on its long side, the legend beside it, the outlines drawn over the photo.
+        # The photo at 800 pixels on its long side, the legend below it, the outlines drawn over the photo.
         scale = DISPLAY_LONG_SIDE / max(photo.size)
         shown = (round(photo.width * scale), round(photo.height * scale))
-        assert viz.size == (shown[0] + LEGEND_WIDTH, max(shown[1], 60 + 88 * len(masks)))
+        width = max(shown[0], MIN_PICTURE_WIDTH)
+        assert viz.size == (width, shown[1] + 2 * LEGEND_MARGIN + LEGEND_ROW_HEIGHT * len(masks))
+        left = (width - shown[0]) // 2
         enlarged = np.asarray(photo.convert("RGB").resize(shown, Image.Resampling.NEAREST))
-        assert not np.array_equal(np.asarray(viz.convert("RGB"))[: shown[1], : shown[0]], enlarged)
+        drawn = np.asarray(viz.convert("RGB"))[: shown[1], left : left + shown[0]]
+        assert not np.array_equal(drawn, enlarged)
     assert main([*args, "--mask", masks[0], "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed[0]["mask"] == masks[0] and len(printed[0]["predictions"]) == 5

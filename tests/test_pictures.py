@@ -7,7 +7,16 @@ import pytest
 from PIL import Image
 
 from roi_attention.metrics.report import FEW_REGIONS, accuracy_by_size_figure, plot_accuracy_by_size, wilson_interval
-from roi_attention.predict import DISPLAY_LONG_SIDE, LEGEND_WIDTH, _label_point, region_colours, render_predictions
+from roi_attention.predict import (
+    DISPLAY_LONG_SIDE,
+    LEGEND_FONT_PX,
+    LEGEND_MARGIN,
+    LEGEND_ROW_HEIGHT,
+    MIN_PICTURE_WIDTH,
+    _label_point,
+    region_colours,
+    render_predictions,
+)
 
 
 def _predictions(count: int) -> list[list[dict]]:
@@ -15,7 +24,7 @@ def _predictions(count: int) -> list[list[dict]]:
 
 
 @pytest.mark.parametrize("size", [(64, 64), (480, 640), (3000, 4000)])
-def test_any_photo_is_drawn_at_a_readable_size_with_a_legend_beside_it(size):
+def test_any_photo_is_drawn_at_a_readable_size_with_a_legend_below_it(size):
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
     masks = []
@@ -26,12 +35,32 @@ def test_any_photo_is_drawn_at_a_readable_size_with_a_legend_beside_it(size):
         masks.append(mask)
     picture = render_predictions(photo, masks, _predictions(8))
     scale = DISPLAY_LONG_SIDE / max(size)
-    assert picture.size == (round(size[1] * scale) + LEGEND_WIDTH, max(round(size[0] * scale), 60 + 88 * 8))
+    width = max(round(size[1] * scale), MIN_PICTURE_WIDTH)
+    assert picture.size == (width, round(size[0] * scale) + 2 * LEGEND_MARGIN + LEGEND_ROW_HEIGHT * 8)
     # Away from outlines and numbers, the photo is the photo scaled (nearest pixel when enlarged).
-    x, y = 2, 2
+    x, y = 2 + (width - round(size[1] * scale)) // 2, 2
     source = photo[int((y + 0.5) / scale), int((x + 0.5) / scale)] if scale > 1 else None
     if source is not None:
         np.testing.assert_array_equal(np.asarray(picture)[y, x], source)
+
+
+@pytest.mark.parametrize("size", [(800, 200), (480, 640)])
+def test_long_class_names_end_in_an_ellipsis_inside_the_picture_and_the_text_is_large(size):
+    photo = np.full((*size, 3), 128, np.uint8)
+    mask = np.zeros(size, bool)
+    mask[10:50, 10:50] = True
+    long = "punching bag, punch bag, punching ball, punchball, " * 4
+    ranked = [dict(label=long, probability=0.27), dict(label=long, probability=0.08), dict(label="x", probability=0.01)]
+    picture = np.asarray(render_predictions(photo, [mask, mask], [ranked, ranked]))
+    legend = picture[picture.shape[0] - 2 * LEGEND_MARGIN - 2 * LEGEND_ROW_HEIGHT :]
+    ink = (legend < 200).any(axis=2)  # dark pixels: text
+    columns = np.flatnonzero(ink.any(axis=0))
+    assert columns.max() < picture.shape[1] - 8, "a legend line runs off the picture"
+    assert columns.max() > picture.shape[1] - 120, "the long name was cut far shorter than the room it has"
+    rows = np.flatnonzero(ink[:, 44:].any(axis=1))  # the text lines, right of the numbers
+    first_line = rows[rows < LEGEND_MARGIN + 30]
+    assert first_line.max() - first_line.min() >= 0.6 * LEGEND_FONT_PX[0]  # glyphs of the stated size
+    assert min(LEGEND_FONT_PX) * 600 / DISPLAY_LONG_SIDE >= 12  # readable on a page that shows 600 px of it
 
 
 def test_regions_get_distinct_colours_and_numbers_inside_them():

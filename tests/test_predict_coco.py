@@ -60,12 +60,13 @@ def test_every_annotation_is_classified_as_predict_regions_would_and_bad_ones_ar
         assert result["category_id"] == category_ids[result["label"]]
         assert np.array_equal(decode_segmentation(result["segmentation"], photo.shape[:2]), mask)
     # Every annotation with a usable photo and a non-empty mask, crowd and unknown categories included.
-    skipped = {"empty mask": 1, "mask outside the image": 1, "photo missing or unreadable": 2}
+    skipped = {"empty mask": 1, "mask outside the image": 1, "photo missing, unreadable or too large": 2}
     assert len(results) == len(coco["annotations"]) - sum(skipped.values())
     report = json.loads((tmp_path / "predictions.report.json").read_text())
     assert report["skipped"] == skipped
     assert report["regions_kept"] == len(results)
-    assert f"classified {len(results)} regions of" in printed and "skipped 2: photo missing or unreadable" in printed
+    assert f"classified {len(results)} regions of" in printed
+    assert "skipped 2: photo missing, unreadable or too large" in printed
     # pycocotools reads the file as detection results, ready for COCOeval.
     ground_truth = COCO()
     ground_truth.dataset = coco
@@ -94,8 +95,14 @@ def test_photos_are_read_once_with_all_their_regions_together(coco_and_model, tm
     model = load_model(str(folder))
     calls, reads = [], []
     classify, read = predict.predict_regions, predict.read_photo
-    monkeypatch.setattr(predict, "predict_regions", lambda *a, **k: calls.append(len(a[2])) or classify(*a, **k))
-    monkeypatch.setattr(predict, "read_photo", lambda path: reads.append(path) or read(path))
+
+    def counting(model, photo, masks, **kwargs):
+        masks = list(masks)  # a generator: each mask decoded as its group is classified
+        calls.append(len(masks))
+        return classify(model, photo, masks, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_regions", counting)
+    monkeypatch.setattr(predict, "read_photo", lambda path, *rest: reads.append(path) or read(path, *rest))
     out = tmp_path / "p.json"
     predict.predict_coco_annotations(model, fixture["annotations"], fixture["images_dir"], out, progress=False)
     per_photo = {}

@@ -25,7 +25,7 @@ from .hub_server import OlahMirror, commit_files, git, hub_env
 
 pytestmark = pytest.mark.slow
 
-BACKBONES_TESTED = ("resnet18", "tf_efficientnet_lite0")  # every variant
+BACKBONES_TESTED = ("resnet18",)  # every variant (the variants' code is the same on every backbone)
 # The other backbones with the variant that merges at every stage (the other variants' code is the same).
 ONE_VARIANT = tuple(f"roi_{backbone}_mul_all" for backbone in BACKBONES if backbone not in BACKBONES_TESTED)
 ONE_VARIANT = tuple(name for name in ONE_VARIANT if not name.startswith("roi_resnet"))  # resnet18 stands for them

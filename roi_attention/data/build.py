@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from .card import IMAGES, REGIONS, dataset_metadata, read_dataset_info, write_dataset_card
+from .inputs import decode_segmentation
 from .size_bins import SIZE_BIN_NAMES, size_bin
 
 ROWS_PER_GROUP = 64
@@ -68,8 +69,9 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
 
 
 def decode_mask(rle: dict[str, Any]) -> np.ndarray:
-    """The ``(H,W)`` uint8 0/1 mask of a stored RLE."""
-    return mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")})
+    """The ``(H,W)`` uint8 0/1 mask of a stored RLE (checked first: a dataset may come from anyone)."""
+    size = [int(s) for s in rle["size"]]
+    return decode_segmentation({"size": size, "counts": rle["counts"]}, tuple(size), "stored mask")
 
 
 def region_row(

@@ -10,27 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from pycocotools.coco import COCO
 
 from ..labels import COCO_CATEGORY_IDS, COCO_CLASSES
 from .build import BuildReport, ImageResult, photo_result, region_row
+from .inputs import InputFileError, inside_folder, open_image, segmentation_rle
 
 
-def read_photo(path: Path, report: BuildReport, what: str) -> tuple[bytes, int, int] | None:
-    """The file bytes and (width, height) of a photo that decodes completely, else None (recorded in report)."""
+def read_photo_file(path: Path, report: BuildReport, what: str) -> tuple[bytes, int, int] | None:
+    """The file bytes and (width, height) of a photo that decodes completely within the pixel limit, else None
+    (recorded in report)."""
     if not path.is_file():
         report.skip("image file missing", what)
         return None
-    data = path.read_bytes()
     try:
-        with Image.open(path) as image:
-            image.load()
+        with open_image(path, f"photo {what}") as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        report.skip("image file unreadable or truncated", f"{what} ({error})")
+    except InputFileError as error:
+        report.skip("image file unreadable, truncated or too large", str(error))
         return None
-    return data, width, height
+    return path.read_bytes(), width, height
 
 
 @dataclass
@@ -105,7 +104,12 @@ class CocoRegions:
         info = self.coco.imgs[image_id]
         name = info.get("file_name", str(image_id))
         annotations = self.coco.imgToAnns.get(image_id, [])
-        photo = read_photo(self.images_dir / name, report, name)
+        try:
+            path = inside_folder(self.images_dir, name, f"image {image_id}")
+        except InputFileError as error:
+            report.skip("file_name outside the images folder", str(error), max(1, len(annotations)))
+            return ImageResult(None, [], report)
+        photo = read_photo_file(path, report, name)
         if photo is None:
             if annotations:
                 report.skip("region of a skipped image", annotations[0]["id"], len(annotations))
@@ -133,13 +137,13 @@ class CocoRegions:
         if not segmentation:
             report.skip("no segmentation", ann_id)
             return None
-        if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [height, width]:
-            report.skip("mask size differs from the image", f"{ann_id} {segmentation.get('size')}")
+        if isinstance(segmentation, dict) and segmentation.get("size") != [height, width]:
+            report.skip("mask size differs from the image", f"{ann_id} {str(segmentation.get('size'))[:40]}")
             return None
         try:
-            rle = self.coco.annToRLE(ann)
-        except (TypeError, ValueError, KeyError, IndexError) as error:
-            report.skip("malformed segmentation", f"{ann_id} ({error})")
+            rle = segmentation_rle(segmentation, (height, width), f"annotation {ann_id}")
+        except InputFileError as error:
+            report.skip("malformed segmentation", str(error))
             return None
         counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
         stored = {"size": [int(s) for s in rle["size"]], "counts": counts}

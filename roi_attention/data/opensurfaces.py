@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from ..labels import OPENSURFACES_MATERIALS
 from .build import BuildReport, ImageResult, encode_mask, photo_result, region_row
-from .coco import read_photo
+from .coco import read_photo_file
+from .inputs import InputFileError, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -58,15 +58,15 @@ class OpenSurfacesRegions:
         if not label_path.is_file():
             report.skip("label map missing", name)
             return ImageResult(None, [], report)
-        photo = read_photo(self.images_dir / name, report, name)
+        photo = read_photo_file(self.images_dir / name, report, name)
         if photo is None:
             return ImageResult(None, [], report)
         data, width, height = photo
         try:
-            with Image.open(label_path) as label_image:
+            with open_image(label_path, f"label map {label_path.name}") as label_image:
                 labels = np.asarray(label_image)
-        except (OSError, SyntaxError, ValueError) as error:
-            report.skip("label map unreadable or truncated", f"{label_path.name} ({error})")
+        except InputFileError as error:
+            report.skip("label map unreadable, truncated or too large", str(error))
             return ImageResult(None, [], report)
         if labels.ndim != 2 or labels.shape != (height, width):
             report.skip("label map size differs from the photo", f"{label_path.name} {labels.shape}")

@@ -13,13 +13,13 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
 from .build import decode_mask
 from .card import IMAGES, REGIONS, read_dataset_info
+from .inputs import open_image
 from .transforms import EmptyRegionError, pack
 
 
@@ -79,7 +79,7 @@ class RegionDataset(Dataset):
     def photo(self, image_id: int) -> tuple[np.ndarray, str]:
         """The ``(H,W,3)`` uint8 photo and its file name (EXIF orientation as stored: COCO ignores EXIF)."""
         row = self.images[self.row_of_image[image_id]]
-        with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
+        with open_image(io.BytesIO(row["image"]["bytes"]), f"stored photo {row['file_name']}") as image:
             return np.array(image.convert("RGB")), row["file_name"]  # a writable copy for torch
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

