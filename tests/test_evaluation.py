@@ -270,7 +270,7 @@ def test_masks_in_every_accepted_format_agree(tmp_path):
     [
         (lambda d: _write_png(d / "small.png", np.ones((20, 30), np.uint8)), "is 30x20 (WxH), the photo 60x40"),
         (lambda d: _write_png(d / "empty.png", np.zeros((40, 60), np.uint8)), "is empty"),
-        (lambda d: (d / "junk.png").write_bytes(b"not a png") and d / "junk.png", "cannot be read"),
+        (lambda d: (d / "junk.png").write_bytes(b"not a png") and d / "junk.png", "is not an image file PIL can read"),
         (lambda d: d / "absent.png", "does not exist"),
         (lambda d: (d / "bad.json").write_text('{"size": [40, 60]}') and d / "bad.json", "expected COCO RLE"),
     ],
@@ -290,7 +290,7 @@ def test_predict_refuses_an_unreadable_photo_and_an_unknown_model(setup, tmp_pat
         main(["predict", "--model", str(setup["model"]), "--image", str(tmp_path / "photo.jpg"), "--mask", str(mask)])
         == 2
     )
-    assert "cannot be read as an image" in capsys.readouterr().err
+    assert "is not an image file PIL can read" in capsys.readouterr().err
     photo = _write_png(tmp_path / "p.png", np.zeros((4, 4, 3), np.uint8))
     assert main(["predict", "--model", "no_such_model", "--image", str(photo), "--mask", str(mask)]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
