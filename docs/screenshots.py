@@ -60,7 +60,7 @@ def app_screenshot(out: Path) -> None:
     names = ("roi_tf_efficientnet_lite0_add_l1", "roi_tf_efficientnet_lite0_crop")
     models = {
         n: AppModel(
-            timm.create_model(n, pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval(), n, "ImageNet-1k"
+            timm.create_model(n, pretrained=True, pretrained_cfg_overlay=dict(file=weights)).eval(), "ImageNet-1k"
         )
         for n in names
     }

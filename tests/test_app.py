@@ -105,7 +105,7 @@ def _serve(app) -> str:
 
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
-    served = {name: AppModel(model, name, "ImageNet-1k") for name, model in models.items()}
+    served = {name: AppModel(model, "ImageNet-1k") for name, model in models.items()}
     app = build_app(served, examples_dir=tmp_path_factory.mktemp("app-examples"))
     url = _serve(app)
     yield url

@@ -56,15 +56,7 @@ def open_image(source: Source, what: str, limit: int | None = None) -> Iterator[
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
-            with Image.open(source) as image:
-                width, height = image.size
-                if width * height > limit:
-                    raise InputFileError(
-                        f"{what} is {width}x{height}, {width * height:,} pixels: more than the {limit:,} accepted "
-                        f"(set {MAX_PIXELS_VARIABLE} to change the limit)"
-                    )
-                image.load()
-                yield image
+            image = Image.open(source)
     except Image.DecompressionBombError as error:
         raise InputFileError(f"{what} is too large to decode safely ({error})") from error
     except FileNotFoundError as error:
@@ -72,9 +64,19 @@ def open_image(source: Source, what: str, limit: int | None = None) -> Iterator[
     except UnidentifiedImageError as error:  # its message holds the file's path, which may be a server's
         raise InputFileError(f"{what} is not an image file PIL can read (PNG, JPEG, TIFF, BMP, WebP, ...)") from error
     except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, InputFileError):
-            raise
         raise InputFileError(f"{what} cannot be read as an image: {error}") from error
+    with image:
+        width, height = image.size
+        if width * height > limit:
+            raise InputFileError(
+                f"{what} is {width}x{height}, {width * height:,} pixels: more than the {limit:,} accepted "
+                f"(set {MAX_PIXELS_VARIABLE} to change the limit)"
+            )
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise InputFileError(f"{what} cannot be read as an image: {error}") from error
+        yield image
 
 
 def read_photo(source: Source, what: str | None = None, limit: int | None = None) -> np.ndarray:
@@ -103,8 +105,9 @@ def read_mask(
     if not path.is_file():
         raise InputFileError(f"{what} does not exist")
     if path.suffix.lower() == ".json":
-        if path.stat().st_size > 64 * max_pixels(limit):  # a JSON mask needs far fewer bytes than the photo's pixels
-            raise InputFileError(f"{what} is larger than any mask of an accepted photo")
+        # The longest JSON a mask of this photo needs: uncompressed RLE of one-pixel runs, "1," a pixel.
+        if path.stat().st_size > 4 * size[0] * size[1] + 4096:
+            raise InputFileError(f"{what} is larger than any mask of a {size[1]}x{size[0]} photo")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
