@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, paired_medians
 
 import roi_attention
+from roi_attention.data.inputs import read_author_samples
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco_example"
 TARGETS = {"add_l1": 1.0, "add_l3": 3.0}
@@ -32,13 +32,11 @@ EVERY_VARIANT_TARGET = 0.95
 
 def load_photos(folder: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each photo at its native size, normalised with ImageNet's mean and std, with its ``(N,1,H,W)`` masks."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     photos = []
-    for sample in sorted(p for p in folder.iterdir() if p.is_dir()):
-        image = np.asarray(Image.open(sample / "Image.png").convert("RGB"), dtype=np.float32) / 255
-        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-        tensor = torch.from_numpy(((image - mean) / std).astype(np.float32)).permute(2, 0, 1)
-        masks = [np.asarray(Image.open(m)) > 0 for m in sorted(sample.glob("InputMask*.png"))]
-        photos.append((tensor, torch.from_numpy(np.stack(masks)).float()[:, None]))
+    for photo, masks in read_author_samples(folder):
+        tensor = torch.from_numpy(((photo / 255 - mean) / std).astype(np.float32)).permute(2, 0, 1)
+        photos.append((tensor, torch.from_numpy(np.stack(masks) > 0).float()[:, None]))
     return photos
 
 

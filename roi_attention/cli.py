@@ -17,6 +17,34 @@ from .layers import RoiInputError
 from .models import PretrainedWeightsError
 
 
+def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    from .serving import CALIBRATION_REGIONS, PRECISIONS, RUNTIMES
+
+    group = parser.add_argument_group("serving (precision and runtime)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), bf16 or int8")
+    group.add_argument(
+        "--runtime", choices=RUNTIMES, default=None, help="eager (default), compile or onnxruntime (int8's default)"
+    )
+    group.add_argument(
+        "--calibration", metavar="DATASET", help="int8: the region dataset (folder or Hub id) to calibrate on"
+    )
+    group.add_argument("--calibration-split", default="train", help="its split (default: train)")
+    group.add_argument(
+        "--calibration-regions",
+        type=int,
+        default=CALIBRATION_REGIONS,
+        help=f"how many of its regions, spread over the split (default: {CALIBRATION_REGIONS})",
+    )
+
+
+def _serving_options(args: argparse.Namespace):
+    from .serving import ServingOptions
+
+    return ServingOptions(
+        args.precision, args.runtime, args.calibration, args.calibration_split, args.calibration_regions
+    )
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     names = timm.list_models(args.filter)
     if args.merge_points:
@@ -195,6 +223,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .metrics.report import markdown_tables, write_results
 
     edges = parse_size_bins(args.size_bins)
+    serving = _serving_options(args)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     results = evaluate_models(
         args.model,
@@ -207,6 +236,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         accelerator=accelerator,
         weights=args.weights,
         size_bin_edges=edges,
+        serving=serving,
     )
     if accelerator.is_main_process:
         paths = write_results(results, args.out)
@@ -226,20 +256,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     one_photo, coco_file = (args.image, args.mask), (args.coco_annotations, args.images, args.out)
     if any(coco_file) and any(one_photo):
         raise ValueError("predict takes either --image with --mask, or --coco-annotations with --images and --out")
+    serving = _serving_options(args)
     if any(coco_file):
+        from accelerate import Accelerator
+
         if not all(coco_file):
             raise ValueError("--coco-annotations needs --images (the photos' folder) and --out (the results JSON)")
-        model = load_model(args.model, weights=args.weights)
-        report = predict_coco_annotations(model, args.coco_annotations, args.images, args.out, topk=args.topk)
-        print(report.summary(f"classified {report.regions_kept} regions of {report.images_kept} photos"))
-        print(f"wrote {args.out} (COCO results) and its report {Path(args.out).stem}.report.json")
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        runner = serving.runner(load_model(args.model, weights=args.weights).to(accelerator.device))
+        report = predict_coco_annotations(
+            runner, args.coco_annotations, args.images, args.out, topk=args.topk, accelerator=accelerator
+        )
+        if accelerator.is_main_process:
+            print(report.summary(f"classified {report.regions_kept} regions of {report.images_kept} photos"))
+            print(f"wrote {args.out} (COCO results) and its report {Path(args.out).stem}.report.json")
+        accelerator.end_training()  # destroys the process group: a process exiting with it alive aborts
         return 0
     if not all(one_photo):
         raise ValueError("predict needs --image and at least one --mask (or --coco-annotations, --images, --out)")
     photo = read_photo(args.image)
     masks = [read_mask(path, photo.shape[:2]) for path in args.mask]
-    model = load_model(args.model, weights=args.weights)
-    predictions = predict_regions(model, photo, masks, topk=args.topk)
+    runner = serving.runner(load_model(args.model, weights=args.weights))
+    predictions = predict_regions(runner, photo, masks, topk=args.topk)
     if args.json:
         print(json.dumps([dict(mask=m, predictions=p) for m, p in zip(args.mask, predictions, strict=True)], indent=2))
     else:
@@ -258,7 +296,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         from .app import launch
     except ImportError as error:
         raise ImportError(f"the app needs the app extra: pip install 'roi-attention[app]' ({error})") from error
-    launch(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels)
+    launch(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels, serving=_serving_options(args))
     return 0
 
 
@@ -338,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ROI size bins: 'paper' (the paper's edges, for photos about 640x480), 'scaled:WxH' (the paper's "
         "scaled to WxH images, e.g. scaled:96x96) or edges in pixels, e.g. 0,50,200,800",
     )
+    _add_serving_arguments(evaluation)
     evaluation.set_defaults(run=_cmd_eval)
 
     predict = commands.add_parser(
@@ -359,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--viz", help="write the photo with the regions outlined and labelled (PNG)")
     predict.add_argument("--weights", help="safetensors weights for a registered model name")
+    _add_serving_arguments(predict)
     predict.set_defaults(run=_cmd_predict)
 
     push = commands.add_parser("push", help="publish a saved model or a region dataset on the Hub (HF_ENDPOINT)")
@@ -411,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--max-pixels", type=int, default=None, help="the largest photo, layer or mask it takes (default: 16 Mpx)"
     )
+    _add_serving_arguments(app)
     app.set_defaults(run=_cmd_app)
 
     training = commands.add_parser(

@@ -19,6 +19,7 @@ from .data.transforms import eval_transform
 from .hub.load import load_model
 from .metrics import region_accuracy
 from .metrics.report import PROBES
+from .serving import RegionRunner, ServingOptions, as_runner
 
 
 class ProbeRegions(Dataset):
@@ -59,13 +60,11 @@ class ProbeRegions(Dataset):
         return self.regions.item(photo, mask, region, allow_empty=True)
 
 
-def region_logits(model: torch.nn.Module, pixels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of a batch of packed regions; where a model shares its trunk (``shares_trunk``), the regions of one
-    photo share it (``forward_regions``), else the batch goes through as it is."""
-    net = getattr(model, "module", model)
-    net = getattr(net, "_orig_mod", net)
-    if not getattr(net, "shares_trunk", False):
-        return model(pixels)
+def region_logits(runner: RegionRunner, pixels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a batch of packed regions: as one forward where the runner batches photos, else the regions of
+    each photo together through ``forward_regions`` (sharing the trunk where the model does)."""
+    if runner.batches_photos:
+        return runner(pixels)
     logits = []
     start = 0
     while start < len(image_ids):
@@ -76,18 +75,22 @@ def region_logits(model: torch.nn.Module, pixels: torch.Tensor, image_ids: torch
             and torch.equal(pixels[end, :3], pixels[start, :3])
         ):
             end += 1
-        logits.append(net.forward_regions(pixels[start, :3], pixels[start:end, 3]))
+        logits.append(runner.forward_regions(pixels[start, :3], pixels[start:end, 3]))
         start = end
     return torch.cat(logits)
 
 
-def predict_loader(model: torch.nn.Module, loader: DataLoader, accelerator: Any, desc: str) -> dict[str, np.ndarray]:
-    """Top-5 classes, labels, areas and region ids of every region in ``loader``, gathered from all processes
-    without the padding ``accelerate`` adds to the last batch."""
+def predict_loader(
+    model: torch.nn.Module | RegionRunner, loader: DataLoader, accelerator: Any, desc: str
+) -> dict[str, np.ndarray]:
+    """Top-5 classes, labels, areas and region ids of every region in ``loader`` from a model (as ``accelerate``
+    prepared it) or a runner, gathered from all processes without the padding ``accelerate`` adds to the last
+    batch."""
+    runner = as_runner(model)
     outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-            logits = region_logits(model, batch["pixel_values"].to(accelerator.device), batch["image_id"])
+            logits = region_logits(runner, batch["pixel_values"].to(runner.device), batch["image_id"])
             top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             gathered = accelerator.gather_for_metrics(
                 (top, batch["label"].to(top.device), batch["area"].to(top.device), batch["region_id"].to(top.device))
@@ -121,10 +124,11 @@ def evaluate_models(
     accelerator: Any = None,
     weights: str | None = None,
     size_bin_edges: Sequence[float] = SIZE_BIN_EDGES,
+    serving: ServingOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate each model on the same regions, accuracy per size bin of ``size_bin_edges`` (the paper's by
-    default); under ``accelerate launch`` the work is split across processes and the totals are exact
-    (``gather_for_metrics``)."""
+    default), served as ``serving`` says (precision, runtime); under ``accelerate launch`` the work is split
+    across processes and the totals are exact (``gather_for_metrics``)."""
     from accelerate import Accelerator
 
     repeated = sorted({spec for spec in models if models.count(spec) > 1})
@@ -145,8 +149,12 @@ def evaluate_models(
         check_classes(model, regions.class_names, spec)
         regions.limit(limit)
         model = accelerator.prepare_model(model, evaluation_mode=True)
+        runner = (serving or ServingOptions()).runner(accelerator.unwrap_model(model))
         entry: dict[str, Any] = dict(
-            architecture=model.pretrained_cfg.get("architecture"), num_classes=model.num_classes, probes={}
+            architecture=model.pretrained_cfg.get("architecture"),
+            num_classes=model.num_classes,
+            serving=dict(precision=runner.precision, runtime=runner.runtime),
+            probes={},
         )
         for probe in PROBES if probes else ("true",):
             loader = DataLoader(
@@ -155,7 +163,7 @@ def evaluate_models(
                 num_workers=num_workers,
                 collate_fn=region_collate,
             )
-            out = predict_loader(model, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
+            out = predict_loader(runner, accelerator.prepare_data_loader(loader), accelerator, f"{spec} [{probe}]")
             metrics = region_accuracy(
                 out["top"][:, 0],
                 out["label"],

@@ -21,6 +21,7 @@ from .data.inputs import InputFileError, decode_segmentation, inside_folder, rea
 from .data.transforms import prepare_regions
 from .files import write_whole
 from .hub.load import label_names
+from .serving import RegionRunner, as_runner
 
 __all__ = [
     "InputFileError",
@@ -39,21 +40,21 @@ REGIONS_PER_GROUP = 32
 
 
 def predict_regions(
-    model: torch.nn.Module, photo: np.ndarray, masks: Iterable[np.ndarray], topk: int = 5
+    model: torch.nn.Module | RegionRunner, photo: np.ndarray, masks: Iterable[np.ndarray], topk: int = 5
 ) -> list[list[dict[str, Any]]]:
-    """The ``topk`` classes with probabilities for each mask of one photo. The masks (any iterable, so they can
-    be decoded as they are needed) go to ``forward_regions`` ``REGIONS_PER_GROUP`` at a time."""
-    data_config = timm.data.resolve_data_config({}, model=model)
-    device = next(model.parameters()).device
-    names = label_names(model)
+    """The ``topk`` classes with probabilities for each mask of one photo, from a model or a ``RegionRunner``
+    (another precision or runtime). The masks (any iterable, so they can be decoded as they are needed) go to
+    ``forward_regions`` ``REGIONS_PER_GROUP`` at a time."""
+    runner = as_runner(model)
+    data_config = timm.data.resolve_data_config({}, model=runner.model)
+    names = label_names(runner.model)
     masks = iter(masks)
     results = []
     while group := list(itertools.islice(masks, REGIONS_PER_GROUP)):
-        batch = prepare_regions(photo, group, data_config)
-        with torch.inference_mode():  # the trunk before the first merge point runs once per group
-            logits = model.forward_regions(batch[0, :3].to(device), batch[:, 3].to(device))
-            probabilities = logits.softmax(dim=-1).cpu()
-        top = probabilities.topk(min(topk, model.num_classes), dim=-1)
+        batch = prepare_regions(photo, group, data_config).to(runner.device)
+        # the trunk before the first merge point runs once per group
+        probabilities = runner.forward_regions(batch[0, :3], batch[:, 3]).softmax(dim=-1).cpu()
+        top = probabilities.topk(min(topk, runner.model.num_classes), dim=-1)
         results += [
             [dict(label=names[int(i)], index=int(i), probability=float(p)) for p, i in zip(ps, ids, strict=True)]
             for ps, ids in zip(top.values, top.indices, strict=True)
@@ -201,12 +202,13 @@ def draw_predictions(
 
 
 def predict_coco_annotations(
-    model: torch.nn.Module,
+    model: torch.nn.Module | RegionRunner,
     annotations: str | os.PathLike,
     images_dir: str | os.PathLike,
     out: str | os.PathLike,
     topk: int = 5,
     progress: bool = True,
+    accelerator: Any = None,
 ) -> BuildReport:
     """Classify every annotation of a COCO-format file (polygons or RLE; ``category_id`` optional, as a detector's
     or SAM's regions come) and write COCO results JSON to ``out``: per region ``image_id``, ``annotation_id``,
@@ -216,12 +218,17 @@ def predict_coco_annotations(
     Each photo is read once; each mask is decoded once, when its group of ``REGIONS_PER_GROUP`` is classified, so
     memory does not grow with the regions of a photo. Bad entries (missing, unreadable or too large photo, a
     ``file_name`` outside ``images_dir``, photo of another size, malformed, empty or off-image mask, unknown image
-    id) are skipped and counted in the returned report, also written beside ``out`` as ``NAME.report.json``;
-    ``out`` appears only when complete.
+    id) are skipped and counted in the returned report, also written beside ``out`` as ``NAME.report.json``.
+    Under ``accelerate launch`` (``accelerator``) the photos are split across the processes and the main one
+    writes the results of all, in the file's order; ``out`` appears only when complete.
     """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     annotations, images_dir, out = Path(annotations), Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise InputFileError(f"images folder {images_dir} does not exist")
+    state = accelerator or PartialState()
     report = BuildReport(split="predictions")
     coco = _read_coco_file(annotations)
     images = {image["id"]: image for image in coco["images"] if isinstance(image, dict) and _hashable(image.get("id"))}
@@ -232,24 +239,51 @@ def predict_coco_annotations(
         else:
             by_image.setdefault(entry["image_id"], []).append(entry)
     category_ids = {c.get("name"): c.get("id") for c in coco.get("categories") or [] if isinstance(c, dict)}
-    results = []
-    for image_id, entries in tqdm(by_image.items(), desc="classifying", unit="photo", disable=not progress):
-        photo, rles, kept = _photo_regions(images[image_id], entries, images_dir, report)
-        if not kept:
-            continue
-        predictions = predict_regions(model, photo, (mask_utils.decode(rle) for rle in rles), topk=topk)
-        for entry, rle, prediction in zip(kept, rles, predictions, strict=True):
-            best = prediction[0]
-            result = dict(image_id=image_id, annotation_id=entry.get("id"), label=best["label"])
-            if best["label"] in category_ids:
-                result["category_id"] = category_ids[best["label"]]
-            segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-            results.append(dict(result, score=best["probability"], segmentation=segmentation, topk=prediction))
-        report.images_kept += 1
-        report.regions_kept += len(kept)
-    write_whole(out.with_name(f"{out.stem}.report.json"), json.dumps(report.to_dict(), indent=2))
-    write_whole(out, json.dumps(results))
+    with state.split_between_processes(list(by_image)) as image_ids:
+        part, results = BuildReport(split="predictions"), {}
+        regions = sum(len(by_image[image_id]) for image_id in image_ids)
+        bar = tqdm(total=regions, desc="classifying", unit="region", disable=not progress, position=state.process_index)
+        for image_id in image_ids:
+            entries = by_image[image_id]
+            results[image_id] = _classify_photo(model, images[image_id], entries, images_dir, category_ids, part, topk)
+            bar.update(len(entries))
+        bar.close()
+    everything: dict[Any, list[dict[str, Any]]] = {}
+    for other, found in gather_object([(part, results)]):
+        report.merge(other)
+        everything.update(found)
+    if state.is_main_process:
+        write_whole(out.with_name(f"{out.stem}.report.json"), json.dumps(report.to_dict(), indent=2))
+        write_whole(out, json.dumps([result for image_id in by_image for result in everything[image_id]]))
+    state.wait_for_everyone()
     return report
+
+
+def _classify_photo(
+    model: torch.nn.Module | RegionRunner,
+    info: dict[str, Any],
+    entries: list[dict[str, Any]],
+    images_dir: Path,
+    category_ids: dict[str, Any],
+    report: BuildReport,
+    topk: int,
+) -> list[dict[str, Any]]:
+    """The COCO results of one photo's annotations; what is skipped is counted in ``report``."""
+    photo, rles, kept = _photo_regions(info, entries, images_dir, report)
+    if not kept:
+        return []
+    predictions = predict_regions(model, photo, (mask_utils.decode(rle) for rle in rles), topk=topk)
+    results = []
+    for entry, rle, prediction in zip(kept, rles, predictions, strict=True):
+        best = prediction[0]
+        result = dict(image_id=info["id"], annotation_id=entry.get("id"), label=best["label"])
+        if best["label"] in category_ids:
+            result["category_id"] = category_ids[best["label"]]
+        segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        results.append(dict(result, score=best["probability"], segmentation=segmentation, topk=prediction))
+    report.images_kept += 1
+    report.regions_kept += len(kept)
+    return results
 
 
 def _hashable(value: Any) -> bool:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import needs_fashion_mnist
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -233,3 +235,17 @@ def test_context_scenes_seed_summary_means_ranges_and_differences_beyond_the_spr
     assert not any("blackout" in line for line in lines)  # comparisons with variants not run are left out
     run.seeds_figure(tables, tmp_path / "seeds_by_size.png")
     assert (tmp_path / "seeds_by_size.png").stat().st_size > 10_000
+
+
+def test_serving_runtimes_benchmark_runs_and_onnxruntime_keeps_every_top1(tmp_path):
+    printed = _run(
+        "serving_runtimes.py", "--quick", "--backbone", "resnet18", "--options", "fp32/onnxruntime",
+        "--demo", str(tmp_path / "no-demo"),
+    )  # fmt: skip
+    if printed.startswith("skipped"):
+        pytest.skip(printed)
+    regions = re.search(r"(\d+) regions at 224x224", printed)
+    assert regions, printed
+    row = re.search(r"^fp32/onnxruntime\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)/(\d+)\s+0\s", printed, re.MULTILINE)
+    assert row and row.group(1) == "0" and row.group(2) == regions.group(1), printed
+    assert "no demo model" in printed

@@ -6,12 +6,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "roi_attention"
 # package -> the packages of roi_attention it must never import (at module level or inside functions)
 FORBIDDEN = {
-    "layers": {"models", "data", "hub", "evaluation", "metrics", "train", "predict", "cli", "labels"},
-    "models": {"data", "hub", "evaluation", "metrics", "train", "predict", "cli"},
-    "labels": {"models", "data", "hub", "evaluation", "metrics", "train", "predict", "cli", "layers"},
-    "data": {"models", "hub", "evaluation", "metrics", "train", "predict", "cli"},
-    "metrics": {"models", "hub", "evaluation", "train", "predict", "cli"},
-    "hub": {"evaluation", "train", "predict", "cli"},
+    "layers": {"models", "data", "hub", "evaluation", "metrics", "train", "predict", "cli", "labels", "serving"},
+    "models": {"data", "hub", "evaluation", "metrics", "train", "predict", "cli", "serving"},
+    "labels": {"models", "data", "hub", "evaluation", "metrics", "train", "predict", "cli", "layers", "serving"},
+    "data": {"models", "hub", "evaluation", "metrics", "train", "predict", "cli", "serving"},
+    "metrics": {"models", "hub", "evaluation", "train", "predict", "cli", "serving"},
+    "hub": {"evaluation", "train", "predict", "cli", "serving"},
 }
 
 

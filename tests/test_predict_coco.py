@@ -1,6 +1,10 @@
 """`roi-attention predict --coco-annotations`: every region of a COCO-format file, bad entries skipped and counted."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +114,35 @@ def test_photos_are_read_once_with_all_their_regions_together(coco_and_model, tm
         per_photo[result["image_id"]] = per_photo.get(result["image_id"], 0) + 1
     assert sorted(calls) == sorted(per_photo.values()) and max(calls) > 1  # one call per photo, all its regions
     assert len(reads) == len(set(reads))  # each photo read once
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_two_processes_split_the_photos_and_write_one_complete_file(coco_and_model, tmp_path):
+    """2 CPU processes give the single process's results file, in the same order, with one merged report, and
+    a progress bar counting regions per second."""
+    fixture, folder = coco_and_model
+    arguments = ["predict", "--model", str(folder), "--coco-annotations", str(fixture["annotations"]),
+                 "--images", str(fixture["images_dir"]), "--topk", "3"]  # fmt: skip
+    assert main([*arguments, "--out", str(tmp_path / "one.json")]) == 0
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "roi_attention.cli"]  # fmt: skip
+    result = subprocess.run(
+        [*launch, *arguments, "--out", str(tmp_path / "two.json")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [(r["image_id"], r["annotation_id"], r["label"]) for r in two] == [
+        (r["image_id"], r["annotation_id"], r["label"]) for r in one
+    ]
+    for single, split in zip(one, two, strict=True):
+        assert split["score"] == pytest.approx(single["score"], abs=1e-5)
+        assert split["segmentation"] == single["segmentation"]
+    reports = [json.loads((tmp_path / f"{n}.report.json").read_text()) for n in ("one", "two")]
+    assert reports[1] == reports[0] and reports[0]["images_kept"] >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.report.json", "two.json", "two.report.json"]
+    assert result.stdout.count("classified ") == 1  # the main process alone reports
+    assert "region/s" in result.stderr

@@ -131,6 +131,17 @@ def read_mask(
     return mask
 
 
+def read_author_samples(folder: str | os.PathLike) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The photos and masks of a folder in the paper author's test layout: one subfolder per photo, with
+    ``Image.png`` and its masks ``InputMask*.png`` (as ``shared/fixtures/coco_example`` holds them)."""
+    samples = []
+    for sample in sorted(path for path in Path(folder).iterdir() if path.is_dir()):
+        photo = read_photo(sample / "Image.png")
+        masks = [read_mask(path, photo.shape[:2]) for path in sorted(sample.glob("InputMask*.png"))]
+        samples.append((photo, masks))
+    return samples
+
+
 def segmentation_rle(segmentation: Any, size: tuple[int, int], what: str = "segmentation") -> dict[str, Any]:
     """The compressed COCO RLE (``counts`` as bytes) of a segmentation on a photo of ``size`` = (H, W):
     compressed or uncompressed RLE ``{"size", "counts"}``, or polygons ``[[x, y, ...], ...]``. Anything a

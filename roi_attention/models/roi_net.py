@@ -12,6 +12,7 @@ which makes the whole photo the region.
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,10 +108,11 @@ REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 # forward_regions runs the masks of a variant that shares little in groups of at most this many pixels (masks x
-# H x W) per forward, by device type. Measured on the CPU (BENCHMARKS.md): at 224x224 groups of 2 are fastest,
-# at 128x128 groups of 4-8, at 640x480 one mask at a time; larger groups run slower than one forward per mask.
-# Not yet measured on a GPU, where larger batches usually pay: the default keeps memory bounded.
-REGION_BATCH_PIXELS: dict[str, int] = {"cpu": 2 * 224 * 224, "default": 32 * 224 * 224}
+# H x W) per forward, by device type; 0: one mask a forward. On the CPU, groups of 2-4 masks at 224x224 were up to
+# 1.18x one forward per mask on one AMD EPYC run and 0.75-0.81x on another, and 640x480 groups lose: one mask a
+# forward is the rule that never loses (it still shares the first conv). Not yet measured on a GPU, where larger
+# batches usually pay: the default keeps memory bounded.
+REGION_BATCH_PIXELS: dict[str, int] = {"cpu": 0, "default": 32 * 224 * 224}
 # Variants that share the trunk run the masks after it together, at most this many at a time: memory stays bounded
 # whatever the number of regions, and the trunk still runs once per call.
 SHARED_TRUNK_GROUP = 64
@@ -354,38 +356,51 @@ class RoiAttentionNet(nn.Module):
 
         The walk up to the first merge point runs once for the photo, the rest once per mask. Where that shares
         real work (``shares_trunk``: ``_l3``, ``full``) the masks go ``SHARED_TRUNK_GROUP`` at a time; elsewhere
-        in groups of ``chunk_size`` (default ``regions_chunk_size``, measured to be at least as fast as one forward
-        per region). Either way memory is bounded whatever ``N``, beyond the masks themselves.
+        in groups of ``chunk_size`` (default ``regions_chunk_size``). Either way memory is bounded whatever ``N``,
+        beyond the masks themselves.
         """
+        image, masks = self.regions_input(image, masks)
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunk = chunk_size or self.regions_chunk_size(masks.shape[0], *image.shape[-2:], image.device)
+        return self._regions_logits(image, masks.split(chunk))
+
+    def forward_region_group(self, image: Tensor, masks: Tensor) -> Tensor:
+        """``forward_regions`` with every mask in one group: the graph that ``torch.compile`` and ONNX export take
+        (the number of masks a dynamic dimension)."""
+        image, masks = self.regions_input(image, masks)
+        return self._regions_logits(image, (masks,))
+
+    def regions_input(self, image: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """The photo expanded to ``(N,C,H,W)`` (a view) and the masks ``(N,1,H,W)`` of ``forward_regions``'s
+        input, checked as ``forward`` checks its input (``RoiInputError``)."""
         if image.ndim == 3:
             image = image.unsqueeze(0)
         if image.ndim != 4 or image.shape[0] != 1:
             raise RoiInputError(f"forward_regions takes one photo, (C,H,W) or (1,C,H,W), got {tuple(image.shape)}")
         masks = masks.unsqueeze(1) if masks.ndim == 3 else masks
-        count = masks.shape[0]
-        if count == 0:
+        if masks.shape[0] == 0:
             raise RoiInputError("forward_regions got no masks")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        image, masks = self.split_input(image.expand(count, *image.shape[1:]), masks)
+        return self.split_input(image.expand(masks.shape[0], *image.shape[1:]), masks)
+
+    def _regions_logits(self, image: Tensor, groups: Sequence[Tensor]) -> Tensor:
+        """Logits of the mask ``groups`` of one photo (``image`` expanded to their number), the trunk shared."""
         photo = image[:1]
         if not self.walk_steps and self.shares_trunk:  # full: the mask is ignored
-            return self.forward_head(self.backbone.forward_features(photo)).expand(count, -1)
-        chunk = chunk_size or self.regions_chunk_size(count, *photo.shape[-2:], photo.device)
+            return self.forward_head(self.backbone.forward_features(photo)).expand(image.shape[0], -1)
         if not self.walk_steps:  # the mask changes the input itself: nothing to share
-            return torch.cat(
-                [
-                    self.forward_head(self.backbone.forward_features(self._backbone_input(image[: len(m)], m)))
-                    for m in masks.split(chunk)
-                ]
-            )
+            logits = [
+                self.forward_head(self.backbone.forward_features(self._backbone_input(image[: m.shape[0]], m)))
+                for m in groups
+            ]
+            return logits[0] if len(logits) == 1 else torch.cat(logits)
         first = next(index for index, step in enumerate(self.walk_steps) if step.merge)
         step = self.walk_steps[first]
-        trunk_input = self._walk(photo, masks[:1], stop=first)
+        trunk_input = self._walk(photo, groups[0][:1], stop=first)
         module = self.backbone.get_submodule(step.name)
         trunk = module(trunk_input)  # once for the photo, whatever the number of groups
         logits = []
-        for group in masks.split(chunk):
+        for group in groups:
             size = group.shape[0]
             x = self._merge(step, module, trunk_input.expand(size, -1, -1, -1), trunk.expand(size, -1, -1, -1), group)
             logits.append(self.forward_head(self._walk(x, group, start=first + 1)))
