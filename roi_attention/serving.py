@@ -35,8 +35,8 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16", "int8")
 RUNTIMES = ("eager", "compile", "onnxruntime")
-# int8 is ONNX Runtime's static quantisation: measured several times faster here than PyTorch's PT2E int8 through
-# the x86 Inductor quantizer (BENCHMARKS.md, "Serving runtimes").
+# int8 is ONNX Runtime's static quantisation: measured about 2.4x PyTorch's PT2E int8 through the x86 Inductor
+# quantizer here (BENCHMARKS.md, "Serving runtimes").
 INT8_RUNTIME = "onnxruntime"
 # How many regions of a dataset split calibrate int8 by default, spread evenly over the split.
 CALIBRATION_REGIONS = 128
