@@ -18,7 +18,8 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    capability = torch.backends.cpu.get_cpu_capability()  # the vector instructions torch's CPU kernels use
+    return f"{cpu} ({capability}), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def paired_medians(functions: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> dict[str, float]:

@@ -194,13 +194,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_convert_original(args: argparse.Namespace) -> int:
 
     from .hub import convert_original_checkpoint
-    from .labels import COCO_CLASSES
+    from .labels import read_class_names
 
-    names = None
-    if args.labels == "coco":
-        names = list(COCO_CLASSES)
-    elif args.labels:
-        names = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    names = read_class_names(args.labels) if args.labels else None
     folder = convert_original_checkpoint(
         args.checkpoint,
         args.variant,
@@ -212,6 +208,23 @@ def _cmd_convert_original(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"converted model: {folder} (timm.create_model('local-dir:{folder}', pretrained=True))")
+    return 0
+
+
+def _cmd_convert_alpha_clip(args: argparse.Namespace) -> int:
+    from .hub.alpha_clip import convert_alpha_clip
+
+    folder = convert_alpha_clip(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"converted model: {folder} (timm.create_model('local-dir:{folder}', pretrained=True))")
+    print(f"classes by name: roi-attention text-head --model {folder} --classes coco|opensurfaces|imagenet|FILE")
+    return 0
+
+
+def _cmd_text_head(args: argparse.Namespace) -> int:
+    from .hub.clip_text import add_text_head
+
+    folder = add_text_head(args.model, args.classes, out=args.out, text_weights=args.text_weights, progress=True)
+    print(f"model with a text head over {args.classes}: {folder}")
     return 0
 
 
@@ -437,6 +450,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     original.add_argument("--overwrite", action="store_true")
     original.set_defaults(run=_cmd_convert_original)
+
+    alpha = commands.add_parser(
+        "convert-alpha-clip", help="convert an Alpha-CLIP checkpoint (its visual tower) into an ROI model folder"
+    )
+    alpha.add_argument("checkpoint", help="Alpha-CLIP's .pth (e.g. clip_b16_grit20m_fultune_2xe.pth)")
+    alpha.add_argument("--out", required=True, help="folder for the converted model")
+    alpha.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    alpha.set_defaults(run=_cmd_convert_alpha_clip)
+
+    text = commands.add_parser(
+        "text-head", help="classes by name: a CLIP text head for a model on an OpenAI CLIP tower (needs open_clip)"
+    )
+    text.add_argument("--model", required=True, help="a saved model folder (from convert-alpha-clip)")
+    text.add_argument(
+        "--classes", required=True, help="coco, opensurfaces, imagenet, or a text file with one class name per line"
+    )
+    text.add_argument("--out", default=None, help="write the model with its head here (default: replace --model)")
+    text.add_argument(
+        "--text-weights",
+        default="openai",
+        help="the CLIP text tower's weights: 'openai' (open_clip's download or cache) or an open_clip checkpoint file",
+    )
+    text.set_defaults(run=_cmd_text_head)
 
     app = commands.add_parser("app", help="a browser app: classify the regions you paint or upload (Gradio)")
     app.add_argument(

@@ -60,26 +60,6 @@ class ProbeRegions(Dataset):
         return self.regions.item(photo, mask, region, allow_empty=True)
 
 
-def region_logits(runner: RegionRunner, pixels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of a batch of packed regions: as one forward where the runner batches photos, else the regions of
-    each photo together through ``forward_regions`` (sharing the trunk where the model does)."""
-    if runner.batches_photos:
-        return runner(pixels)
-    logits = []
-    start = 0
-    while start < len(image_ids):
-        end = start + 1
-        while (
-            end < len(image_ids)
-            and image_ids[end] == image_ids[start]
-            and torch.equal(pixels[end, :3], pixels[start, :3])
-        ):
-            end += 1
-        logits.append(runner.forward_regions(pixels[start, :3], pixels[start:end, 3]))
-        start = end
-    return torch.cat(logits)
-
-
 def predict_loader(
     model: torch.nn.Module | RegionRunner, loader: DataLoader, accelerator: Any, desc: str
 ) -> dict[str, np.ndarray]:
@@ -90,7 +70,7 @@ def predict_loader(
     outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-            logits = region_logits(runner, batch["pixel_values"].to(runner.device), batch["image_id"])
+            logits = runner(batch["pixel_values"].to(runner.device))  # a photo's regions share its trunk
             top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             gathered = accelerator.gather_for_metrics(
                 (top, batch["label"].to(top.device), batch["area"].to(top.device), batch["region_id"].to(top.device))

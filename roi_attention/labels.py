@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # The 80 COCO object categories in the order of pycocotools' ``COCO.getCatIds()`` (ascending category id).
 COCO_CATEGORY_IDS: tuple[int, ...] = (
     1,
@@ -217,3 +219,25 @@ OPENSURFACES_MATERIALS: tuple[str, ...] = (
     "Wood",
     "Wood - natural color",
 )
+
+MAX_CLASSES = 100_000
+NAMED_CLASS_SETS = {"coco": COCO_CLASSES, "opensurfaces": OPENSURFACES_MATERIALS}
+
+
+def read_class_names(spec: str) -> list[str]:
+    """``coco``, ``opensurfaces`` or a UTF-8 text file of distinct class names, one per line."""
+    if spec in NAMED_CLASS_SETS:
+        return list(NAMED_CLASS_SETS[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"class names are {', '.join(NAMED_CLASS_SETS)} or a text file; {spec} is neither")
+    if path.stat().st_size > 10_000_000:
+        raise ValueError(f"{path} is larger than 10 MB: not a list of class names")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names or len(names) > MAX_CLASSES:
+        raise ValueError(f"{path} holds {len(names)} class names: expected 1 to {MAX_CLASSES}, one per line")
+    seen: set[str] = set()
+    duplicates = [name for name in names if name in seen or seen.add(name)]
+    if duplicates:
+        raise ValueError(f"{path} names some classes twice ({', '.join(duplicates[:3])}): expected distinct names")
+    return names

@@ -112,8 +112,7 @@ class RegionRunner:
 
     @property
     def batches_photos(self) -> bool:
-        """Whether a batch of regions of different photos runs as one forward (``__call__``); otherwise the
-        regions of each photo go through ``forward_regions`` together."""
+        """Whether a batch of regions of different photos runs as one forward in ``__call__``."""
         return self.runtime != "onnxruntime" and not self.model.shares_trunk
 
     def group_size(self, count: int, height: int, width: int) -> int:
@@ -133,11 +132,19 @@ class RegionRunner:
             return torch.cat([self._group(image[:1], group) for group in masks.split(chunk)]).float()
 
     def __call__(self, pixels: Tensor) -> Tensor:
-        """Logits of a packed ``(B,C+1,H,W)`` batch of regions of any photos."""
-        if not self.batches_photos:
-            return torch.cat([self.forward_regions(pixels[i, :-1], pixels[i : i + 1, -1:]) for i in range(len(pixels))])
-        with torch.inference_mode(), self._autocast():
-            return self._batch_module(pixels).float()
+        """Logits of a packed ``(B,C+1,H,W)`` batch of regions of any photos: one forward where the runner
+        batches photos, else each run of consecutive regions of one photo through ``forward_regions``."""
+        if self.batches_photos:
+            with torch.inference_mode(), self._autocast():
+                return self._batch_module(pixels).float()
+        logits, start = [], 0
+        while start < len(pixels):
+            end = start + 1
+            while end < len(pixels) and torch.equal(pixels[end, :-1], pixels[start, :-1]):
+                end += 1
+            logits.append(self.forward_regions(pixels[start, :-1], pixels[start:end, -1]))
+            start = end
+        return torch.cat(logits)
 
     def _group(self, image: Tensor, masks: Tensor) -> Tensor:
         if self._session is None:

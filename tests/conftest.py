@@ -3,6 +3,7 @@
 import copy
 import os
 import tempfile
+from collections import OrderedDict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Converted weights go to a fresh folder, never the user's cache.
@@ -15,7 +16,8 @@ import timm
 import torch
 
 import roi_attention  # noqa: F401  (registers the models)
-from roi_attention.models import VARIANTS, model_cfgs
+from roi_attention.models import BACKBONES, VARIANTS, model_cfgs
+from roi_attention.models.walk import family_of
 
 ALL_MODELS = timm.list_models("roi_*")
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -35,25 +37,77 @@ def models_with(*variants: str) -> list[str]:
     return [name for name in ALL_MODELS if variant_of(name) in variants]
 
 
+def _structure(backbone: str) -> tuple[bool, int]:
+    """Whether the backbone is a token family, and its parameter count (built on the meta device)."""
+    with torch.device("meta"):
+        model = timm.create_model(backbone)
+    family = family_of(model)
+    return bool(family and family.tokens), sum(p.numel() for p in model.parameters())
+
+
+_STRUCTURES = {backbone: _structure(backbone) for backbone in BACKBONES}
+# Vision Transformers: built for SIZE x SIZE photos in the tests (img_size), their merges are into tokens.
+TOKEN_BACKBONES = tuple(backbone for backbone, (tokens, _) in _STRUCTURES.items() if tokens)
+# Backbones of over 100M parameters (the ViT-L towers): the same code as a smaller member of their family, but
+# seconds to build; the default tier checks their config and wiring on the meta device, the second tier the rest.
+HEAVY_BACKBONES = tuple(backbone for backbone, (_, size) in _STRUCTURES.items() if size > 100_000_000)
 ATTENTION_MODELS = [name for name in ALL_MODELS if VARIANTS[variant_of(name)].merge in ("add", "mul")]
-# One small backbone of each family, for the slower checks.
+# One small CNN backbone of each family, for the slower checks.
 SMALL_MODELS = [name for name in ALL_MODELS if backbone_of(name) in ("resnet18", "tf_efficientnet_lite0")]
+CNN_MODELS = [name for name in ALL_MODELS if backbone_of(name) not in TOKEN_BACKBONES]
+VIT_MODELS = [name for name in ALL_MODELS if backbone_of(name) in TOKEN_BACKBONES]
+
+# The default tier (`make test`) takes every variant on the small backbone of each family, and on every other
+# backbone the variant that merges everywhere (mul_all) and the one that shares the trunk (add_l3): every line of
+# the variants' code on every backbone. The rest of the cross product is marked slow: `make test-all` runs it.
+TIER_ONE_BACKBONES = ("resnet18", "tf_efficientnet_lite0", "vit_small_patch16_224")
+TIER_ONE_VARIANTS = ("mul_all", "add_l3")
 
 
-# The last model make_model built and the RNG state right after building it: the tests of one model run together
-# (pytest_collection_modifyitems), and each gets its own copy, as if it had been built afresh with seed 0.
-_LAST_BUILT: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
+def in_tier_one(name: str) -> bool:
+    if backbone_of(name) in HEAVY_BACKBONES:
+        return False
+    return backbone_of(name) in TIER_ONE_BACKBONES or variant_of(name) in TIER_ONE_VARIANTS
+
+
+def tiered(names: list[str]) -> list:
+    """Registry model names as test parameters, those outside the default tier marked slow."""
+    return [name if in_tier_one(name) else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
+def tiered_backbones(backbones: list[str]) -> list:
+    """Backbone names as test parameters, the heavy ones marked slow."""
+    return [b if b not in HEAVY_BACKBONES else pytest.param(b, marks=pytest.mark.slow) for b in backbones]
+
+
+# Models make_model built, with the RNG state right after each build, kept for the whole run (least recently used
+# first out beyond a budget of parameter bytes): each test gets its own copy, as if it had been built afresh with
+# seed 0.
+_BUILT: OrderedDict[str, tuple[torch.nn.Module, torch.Tensor, int]] = OrderedDict()
+BUILD_CACHE_BYTES = 3 * 2**30
+
+
+def sized(name: str, size: int) -> dict[str, int]:
+    """The model arguments that make ``name`` take ``size`` x ``size`` photos (a Vision Transformer's img_size)."""
+    return {"img_size": size} if backbone_of(name) in TOKEN_BACKBONES else {}
 
 
 def make_model(name: str, **kwargs) -> torch.nn.Module:
-    """``timm.create_model(name, num_classes=5, **kwargs)`` in eval mode, built with seed 0."""
+    """``timm.create_model(name, num_classes=5, **kwargs)`` in eval mode, built with seed 0 (a Vision Transformer
+    for SIZE x SIZE photos)."""
     kwargs.setdefault("num_classes", NUM_CLASSES)
+    if backbone_of(name) in TOKEN_BACKBONES:
+        kwargs.setdefault("img_size", SIZE)
     key = f"{name} {sorted(kwargs.items())!r}"
-    if key not in _LAST_BUILT:
-        _LAST_BUILT.clear()
+    if key not in _BUILT:
         torch.manual_seed(0)
-        _LAST_BUILT[key] = (timm.create_model(name, **kwargs).eval(), torch.get_rng_state())
-    model, rng_state = _LAST_BUILT[key]
+        model = timm.create_model(name, **kwargs).eval()
+        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        _BUILT[key] = (model, torch.get_rng_state(), size)
+        while len(_BUILT) > 1 and sum(entry[2] for entry in _BUILT.values()) > BUILD_CACHE_BYTES:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(key)
+    model, rng_state, _ = _BUILT[key]
     torch.set_rng_state(rng_state)
     return copy.deepcopy(model)
 
@@ -61,8 +115,9 @@ def make_model(name: str, **kwargs) -> torch.nn.Module:
 def plain_backbone(model) -> torch.nn.Module:
     """The plain timm backbone with the ROI model's backbone weights: the independent reference (built on the meta
     device, its weights are the ROI model's)."""
+    size = {"img_size": model.backbone.patch_embed.img_size} if model.backbone_name in TOKEN_BACKBONES else {}
     with torch.device("meta"):
-        plain = timm.create_model(model.backbone_name, num_classes=model.num_classes)
+        plain = timm.create_model(model.backbone_name, num_classes=model.num_classes, **size)
     plain.load_state_dict({key: value.clone() for key, value in model.backbone.state_dict().items()}, assign=True)
     return plain.eval()
 

@@ -11,7 +11,9 @@ import torch
 
 from roi_attention.layers import resize_mask
 from roi_attention.models import BACKBONES, RoiAttentionNet, WiringError
-from roi_attention.models.walk import _derive_walk, _randomise, resolve_walk
+from roi_attention.models.walk import _randomise, resolve_walk
+
+from .conftest import TOKEN_BACKBONES, tiered_backbones
 
 SIZE = 96  # inception_v3 needs more than 75 pixels
 # Small members of timm CNN families beyond the registry's; the expected refusals say why they cannot take the mask.
@@ -47,11 +49,12 @@ FAMILIES = {
 
 def _check_wiring(backbone: str, at: str) -> None:
     torch.manual_seed(0)
-    model = RoiAttentionNet(backbone, f"add_{at}" if at != "all" else "add_all", num_classes=3, check_inputs=False)
+    size = {"img_size": SIZE} if backbone in TOKEN_BACKBONES else {}
+    model = RoiAttentionNet(backbone, f"add_{at}", num_classes=3, check_inputs=False, **size)
     model.eval()
     _randomise(model.backbone)  # no zero-initialised gamma makes a block an identity that hides a misplaced merge
     with torch.device("meta"):  # its own module tree, the model's weights (copied)
-        plain = timm.create_model(backbone, num_classes=3).eval()
+        plain = timm.create_model(backbone, num_classes=3, **size).eval()
     plain.load_state_dict({key: value.clone() for key, value in model.backbone.state_dict().items()}, assign=True)
     points = model.merge_points
     assert points and len({name for name, _ in points}) == len(points), "a merge point twice"
@@ -70,6 +73,8 @@ def _check_wiring(backbone: str, at: str) -> None:
             empty = model.forward_features(image, mask=torch.zeros_like(pixel))
 
             def add_attention(module, args, output, layer=layer):
+                if backbone in TOKEN_BACKBONES:  # the attention tokens of the full-resolution mask
+                    return output + layer.attention(pixel)
                 return output + layer.attention(resize_mask(pixel, output.shape[-2:], "max"))
 
             handle = plain.get_submodule(name).register_forward_hook(add_attention)
@@ -79,7 +84,7 @@ def _check_wiring(backbone: str, at: str) -> None:
             f"{backbone} {at}: not merged after {name}"
         )
         assert not torch.equal(got, empty), f"{backbone} {at}: the pixel vanished at {name}"
-    if at == "all":
+    if at == "all" and backbone not in TOKEN_BACKBONES:  # a ViT's blocks: tests/test_vit.py
         _check_every_stage_is_merged(plain, [name for name, _ in points])
 
 
@@ -114,18 +119,24 @@ def test_timm_cnn_families_are_wired_right_or_refused(backbone):
             _check_wiring(backbone, at)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", tiered_backbones(list(BACKBONES)))
 def test_every_registry_backbone_is_wired_right(backbone):
     for at in ("l1", "l3", "all"):
         _check_wiring(backbone, at)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_a_model_built_on_the_meta_device_walks_as_a_real_one(backbone):
+@pytest.mark.parametrize("backbone", tiered_backbones(list(BACKBONES)))
+def test_a_model_built_on_the_meta_device_reuses_the_walk_derived_on_the_cpu(backbone):
+    size = {"img_size": SIZE} if backbone in TOKEN_BACKBONES else {}
     for at in ("l1", "l3", "all"):
-        real = resolve_walk(backbone, at, {})
         with torch.device("meta"):
-            assert _derive_walk(backbone, at, {}, values=False) == real
+            meta = RoiAttentionNet(backbone, f"mul_{at}", num_classes=3, **size)
+        assert next(meta.parameters()).device.type == "meta"
+        # one verification, by value on the CPU, whatever the device the model is built on
+        assert meta.walk_steps == resolve_walk(backbone, at, dict(size, in_chans=3)).steps
+        assert meta.merge_points == [
+            (name, channels) for name, channels in resolve_walk(backbone, at, dict(size, in_chans=3)).merges
+        ]
 
 
 def test_building_a_model_draws_the_same_weights_whether_its_walk_is_known_or_not():

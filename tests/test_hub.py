@@ -102,6 +102,7 @@ def _compare_pulled(specs: dict[str, Path]) -> str:
     """
 
 
+@pytest.mark.slow
 def test_every_variant_round_trips_through_hf_hub_ids_and_the_offline_cache(hub, tmp_path):
     local = {}
     for variant in VARIANTS:  # every variant, by its hf-hub id; 18 MB each, so through LFS
@@ -137,6 +138,7 @@ def region_dataset(tmp_path_factory):
     return root / "regions"
 
 
+@pytest.mark.slow
 def test_a_pushed_model_card_parses_and_its_code_runs_against_the_hub(hub, region_dataset, tmp_path):
     classes = RegionDataset(region_dataset, "validation").class_names
     folder = saved_model(tmp_path / "model", "roi_resnet18_add_l1", seed=7, num_classes=len(classes))
@@ -176,6 +178,7 @@ def test_a_pushed_model_card_parses_and_its_code_runs_against_the_hub(hub, regio
     assert all(name in classes for name in re.findall(r"\('([^']+)'", remote.stdout))
 
 
+@pytest.mark.slow
 def test_a_pushed_dataset_loads_with_datasets_and_region_dataset_from_the_hub(hub, region_dataset, tmp_path):
     repo = f"{ORG}/regions-test"
     run = run_cli(["push", "--dataset-dir", str(region_dataset), "--repo-id", repo], hub["upload"].endpoint, tmp_path)
@@ -206,6 +209,7 @@ def test_a_pushed_dataset_loads_with_datasets_and_region_dataset_from_the_hub(hu
 
 
 def test_network_faults_give_clear_errors_and_leave_the_published_revision_intact(hub, tmp_path):
+    """The default tier's Hub round trip: push, faults on the commit, pull back what was published."""
     repo = f"{ORG}/faults"
     folder = saved_model(tmp_path / "v1", "roi_resnet18_add_l3", seed=1, num_classes=4)
     upload = hub["upload"]
@@ -245,6 +249,7 @@ def test_network_faults_give_clear_errors_and_leave_the_published_revision_intac
     assert published_bytes(published, "model.safetensors") == (changed / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_broken_repositories_on_the_hub_give_errors_that_say_what_is_wrong(hub, tmp_path):
     good = saved_model(tmp_path / "good", "roi_resnet18_add_l1", seed=3, num_classes=2)
     config = json.loads((good / "config.json").read_text())
@@ -334,6 +339,7 @@ def test_the_papers_numbers_appear_only_as_a_marked_reference(tmp_path):
     assert card.text.index("## Evaluation") < card.text.index("### The paper's numbers")
 
 
+@pytest.mark.slow
 def test_training_publishes_its_model_with_push_to_hub(hub, region_dataset, tmp_path):
     repo = f"{ORG}/trained"
     train = Path(__file__).resolve().parents[1] / "train" / "train.py"
@@ -391,6 +397,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_a_real_size_model_goes_through_lfs_both_ways(hub, big_model, tmp_path):
     upload, repo = hub["upload"], f"{ORG}/roi_resnet50_add_l1.coco"  # the registry tag's repository
     weights = big_model / "model.safetensors"
@@ -424,6 +431,7 @@ def test_a_real_size_model_goes_through_lfs_both_ways(hub, big_model, tmp_path):
     assert offline == dict.fromkeys(specs, True)
 
 
+@pytest.mark.slow
 def test_faults_in_big_transfers_say_what_happened_and_publish_nothing_half(hub, big_model, tmp_path):
     upload, repo = hub["upload"], f"{ORG}/big-faults"
     small = saved_model(tmp_path / "small", "roi_resnet18_add_l3", seed=5, num_classes=80)
@@ -475,6 +483,7 @@ def test_faults_in_big_transfers_say_what_happened_and_publish_nothing_half(hub,
     assert last_json(again) == {f"hf-hub:{repo}": True}
 
 
+@pytest.mark.slow
 def test_with_hf_xet_installed_huggingface_hub_uploads_through_xet_and_a_git_lfs_hub_gets_a_clear_error(hub, tmp_path):
     pytest.importorskip("hf_xet", reason="hf_xet is not installed: huggingface_hub takes the Git LFS path")
     upload, repo = hub["upload"], f"{ORG}/xet-path"
@@ -493,6 +502,7 @@ def test_with_hf_xet_installed_huggingface_hub_uploads_through_xet_and_a_git_lfs
     assert run_cli(["push", "--model-dir", str(folder), "--repo-id", repo], upload.endpoint, tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_timms_own_push_to_hf_hub_publishes_an_roi_model_that_hf_hub_loading_rebuilds(hub, tmp_path):
     upload, repo = hub["upload"], f"{ORG}/timm-pushed"
     model = timm.create_model("roi_resnet18_mul_all", num_classes=3)

@@ -13,9 +13,11 @@ from roi_attention.models import BACKBONES, VARIANTS
 from .conftest import (
     ALL_MODELS,
     ATTENTION_MODELS,
+    CNN_MODELS,
     NUM_CLASSES,
     SIZE,
     SMALL_MODELS,
+    TOKEN_BACKBONES,
     backbone_of,
     box_mask,
     make_model,
@@ -23,6 +25,7 @@ from .conftest import (
     plain_backbone,
     random_image,
     randomize_side_branch,
+    tiered,
     train_with_frozen_batch_norm,
     variant_of,
 )
@@ -71,7 +74,7 @@ def test_efficientnet_merge_points_come_from_timm_feature_info():
     assert points("add_all") == [("conv_stem", 32)] + [(i["module"], i["num_chs"]) for i in backbone.feature_info]
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", tiered(ALL_MODELS))
 def test_packed_input_and_mask_keyword_agree(name, image, mask):
     model = make_model(name)
     randomize_side_branch(model)
@@ -86,7 +89,9 @@ def test_packed_input_and_mask_keyword_agree(name, image, mask):
     assert torch.equal(packed, boolean)
 
 
-@pytest.mark.parametrize("name", models_with("add_l1", "mul_l1", "add_l3", "mul_l3", "add_all", "mul_all", "full"))
+@pytest.mark.parametrize(
+    "name", tiered(models_with("add_l1", "mul_l1", "add_l3", "mul_l3", "add_all", "mul_all", "full"))
+)
 def test_at_init_output_is_the_backbones_for_any_mask(name, image):
     model = make_model(name)
     plain = plain_backbone(model)
@@ -97,7 +102,7 @@ def test_at_init_output_is_the_backbones_for_any_mask(name, image):
             assert torch.equal(model(image, mask=mask), expected)
 
 
-@pytest.mark.parametrize("name", models_with("full"))
+@pytest.mark.parametrize("name", tiered(models_with("full")))
 def test_full_model_ignores_the_mask_even_when_trained(name, image):
     model = make_model(name)
     with torch.no_grad():
@@ -106,7 +111,7 @@ def test_full_model_ignores_the_mask_even_when_trained(name, image):
     assert len(list(model.roi_branch.parameters())) == 0
 
 
-@pytest.mark.parametrize("name", models_with("blackout_image"))
+@pytest.mark.parametrize("name", tiered(models_with("blackout_image")))
 def test_blackout_image_is_the_backbone_on_the_masked_image(name, image, mask):
     model = make_model(name)
     plain = plain_backbone(model)
@@ -114,7 +119,7 @@ def test_blackout_image_is_the_backbone_on_the_masked_image(name, image, mask):
         assert torch.equal(model(image, mask=mask), plain(image * mask))
 
 
-@pytest.mark.parametrize("name", models_with("blackout_l1"))
+@pytest.mark.parametrize("name", tiered(models_with("blackout_l1")))
 def test_blackout_l1_zeroes_the_first_conv_outside_the_roi(name, image, mask):
     model = make_model(name)
     plain = plain_backbone(model)
@@ -128,11 +133,12 @@ def test_blackout_l1_zeroes_the_first_conv_outside_the_roi(name, image, mask):
         handle.remove()
         unmasked = plain(image)
         actual = model(image, mask=mask)
-    assert torch.allclose(actual, expected, atol=1e-5)
-    assert not torch.allclose(actual, unmasked, atol=1e-3)
+    scale = float(unmasked.abs().max())  # DINOv2's layer scale (1e-5 at init) makes its logits tiny
+    assert torch.allclose(actual, expected, atol=1e-5 * scale)
+    assert not torch.allclose(actual, unmasked, atol=1e-3 * scale)
 
 
-@pytest.mark.parametrize("name", models_with("crop"))
+@pytest.mark.parametrize("name", tiered(models_with("crop")))
 def test_crop_sees_only_the_box_plus_margin(name, image):
     model = make_model(name, crop_margin=0.0)
     plain = plain_backbone(model)
@@ -153,7 +159,7 @@ def test_crop_sees_only_the_box_plus_margin(name, image):
         assert not torch.equal(model(inside, mask=square), model(image, mask=square))
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if variant_of(n) != "full"])
+@pytest.mark.parametrize("name", tiered([n for n in ALL_MODELS if variant_of(n) != "full"]))
 def test_output_depends_on_the_mask_once_the_side_branch_is_trained(name, image):
     model = make_model(name)
     randomize_side_branch(model)
@@ -163,7 +169,7 @@ def test_output_depends_on_the_mask_once_the_side_branch_is_trained(name, image)
     assert not torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if VARIANTS[variant_of(n)].at in ("l1", "l3", "all")])
+@pytest.mark.parametrize("name", tiered([n for n in CNN_MODELS if VARIANTS[variant_of(n)].at in ("l1", "l3", "all")]))
 def test_a_one_pixel_roi_reaches_every_merge_point(name):
     model = make_model(name)
     randomize_side_branch(model)
@@ -193,7 +199,7 @@ def test_a_one_pixel_roi_reaches_every_merge_point(name):
         handle.remove()
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", tiered(ALL_MODELS))
 def test_forward_backward_reaches_the_side_branch(name, image, mask):
     model = make_model(name).train()
     randomize_side_branch(model, std=0.05)
@@ -210,7 +216,7 @@ def test_forward_backward_reaches_the_side_branch(name, image, mask):
         assert branch == []
 
 
-@pytest.mark.parametrize("name", ATTENTION_MODELS)
+@pytest.mark.parametrize("name", tiered(ATTENTION_MODELS))
 def test_side_branch_gets_gradient_at_its_zero_effect_init(name, image, mask):
     model = make_model(name).train()
     F.cross_entropy(model(image, mask=mask), torch.tensor([0, 1])).backward()
@@ -218,7 +224,9 @@ def test_side_branch_gets_gradient_at_its_zero_effect_init(name, image, mask):
     assert all(w is not None and w.abs().sum() > 0 for w in weights)
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize(
+    "name", [*SMALL_MODELS, "roi_vit_small_patch16_224_add_all", "roi_vit_small_patch16_224_mul_l3"]
+)
 def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name, image, mask):
     model = train_with_frozen_batch_norm(make_model(name))
     randomize_side_branch(model, std=0.05)
@@ -234,7 +242,9 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name, image, ma
         return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
     stage = model.backbone.get_submodule(model.backbone.feature_info[-1]["module"])
-    block = list(stage.children())[-1]  # recomputed by the walk's checkpoints and by timm's own (per block)
+    # A CNN stage's last block is recomputed by the walk's checkpoints and by timm's own (per block); a ViT block is
+    # a stage (the recomputation of its last layers stops early once their inputs are there).
+    block = stage if backbone_of(name) in TOKEN_BACKBONES else list(stage.children())[-1]
     calls = []
     handle = block.register_forward_pre_hook(lambda *args: calls.append(1))
     plain_logits, plain_grads = step(False)
@@ -247,12 +257,13 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients(name, image, ma
         assert torch.allclose(plain_grads[key], checkpointed_grads[key], atol=1e-5, rtol=1e-4), key
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", tiered(ALL_MODELS))
 def test_reset_classifier(name, image, mask):
     model = make_model(name)
     model.reset_classifier(7)
     assert model.num_classes == 7
-    assert model.get_classifier().out_features == 7
+    classifiers = model.get_classifier()  # DeiT's distilled models have two heads
+    assert all(c.out_features == 7 for c in (classifiers if isinstance(classifiers, tuple) else (classifiers,)))
     with torch.no_grad():
         assert model(image, mask=mask).shape == (2, 7)
     model.reset_classifier(0)
@@ -261,9 +272,12 @@ def test_reset_classifier(name, image, mask):
     assert features.shape == (2, model.head_hidden_size)  # MobileNetV3's conv_head widens num_features
 
 
-@pytest.mark.parametrize("name", ["roi_resnet18_add_all", "roi_tf_efficientnet_lite0_mul_l3"])
+@pytest.mark.parametrize(
+    "name", ["roi_resnet18_add_all", "roi_tf_efficientnet_lite0_mul_l3", "roi_vit_small_patch16_224_mul_all"]
+)
 def test_features_only_uses_the_mask(name, image, mask):
-    model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    size = {"img_size": SIZE} if backbone_of(name) in TOKEN_BACKBONES else {}
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), **size).eval()
     randomize_side_branch(model.model)
     with torch.no_grad():
         features = model(torch.cat([image, mask], dim=1))
@@ -273,14 +287,14 @@ def test_features_only_uses_the_mask(name, image, mask):
     assert not torch.allclose(features[-1], others[-1])
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", tiered(ALL_MODELS))
 def test_pretrained_cfg_describes_the_photo_and_keeps_all_of_it(name):
     cfg = timm.models.get_pretrained_cfg(name)
     backbone_cfg = timm.models.get_pretrained_cfg(f"{backbone_of(name)}.{BACKBONES[backbone_of(name)]}")
     assert cfg.input_size == backbone_cfg.input_size  # the photo; the mask comes with mask=
     assert cfg.mean == backbone_cfg.mean and cfg.std == backbone_cfg.std
     assert (cfg.crop_mode, cfg.crop_pct) == ("border", 1.0)  # the whole photo: no region is cropped away
-    assert cfg.license and cfg.num_classes == 1000 and cfg.hf_hub_id == backbone_cfg.hf_hub_id
+    assert cfg.license and cfg.num_classes == backbone_cfg.num_classes and cfg.hf_hub_id == backbone_cfg.hf_hub_id
     assert any("mask_resize" in note for note in cfg.notes)
     data_config = timm.data.resolve_data_config({}, model=make_model(name))
     assert data_config["input_size"][0] == 3 and len(data_config["mean"]) == 3
@@ -311,7 +325,7 @@ def test_mask_resize_modes_are_selectable_and_saved(mode, image, mask):
         assert torch.isfinite(model(image, mask=mask)).all()
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", tiered(ALL_MODELS))
 def test_forward_regions_equals_one_batched_forward_per_mask(name):
     model = make_model(name)
     randomize_side_branch(model)
@@ -361,3 +375,28 @@ def test_forward_regions_runs_the_trunk_once():
     assert batch_sizes == {"layer1": 1, "layer3": 1, "layer4": 6}
     with pytest.raises(ValueError, match="one photo"):
         model.forward_regions(random_image(batch=2), torch.ones(2, 1, SIZE, SIZE))
+
+
+def test_grad_checkpointing_is_refused_where_the_walk_has_no_stage_to_recompute():
+    from roi_attention.models import RoiAttentionNet
+
+    with torch.device("meta"):  # xception41's add_l1 walk steps over its blocks as one container: no stage
+        model = RoiAttentionNet("xception41", "add_l1", num_classes=3)
+    assert not model.features_walked
+    with pytest.raises(RuntimeError, match="no stage with parameters to recompute"):
+        model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing is False
+    model.set_grad_checkpointing(False)
+
+
+@pytest.mark.parametrize("name", ["roi_resnet18_add_all", "roi_vit_small_patch16_224_mul_all"])
+def test_feature_info_follows_pruning(name):
+    model = make_model(name)
+    stages = len(model.feature_info)
+    kept = model.prune_intermediate_layers(indices=[0, 2])
+    assert kept == [0, 2] and len(model.feature_info) == 3 < stages
+    with torch.no_grad():
+        features = model.forward_intermediates(random_image(), mask=box_mask(), indices=kept, intermediates_only=True)
+    assert [f.shape[1] for f in features] == [model.feature_info[i]["num_chs"] for i in kept]
+    # every merge point left follows a stage still there
+    assert all(key in model.roi_branch for key in {step.merge for step in model.walk_steps if step.merge})

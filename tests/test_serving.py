@@ -17,6 +17,7 @@ from .conftest import (
     make_model,
     random_image,
     randomize_side_branch,
+    sized,
     train_with_frozen_batch_norm,
     variant_of,
 )
@@ -26,6 +27,8 @@ REPRESENTATIVES = [
     *(f"roi_resnet18_{v}" for v in ("add_l1", "mul_l1", "add_l3", "mul_l3", "add_all", "mul_all")),
     *(f"roi_resnet18_{v}" for v in ("blackout_image", "blackout_l1", "crop", "full")),
     "roi_tf_efficientnet_lite0_mul_all",
+    "roi_vit_small_patch16_224_add_l1",
+    "roi_vit_small_patch16_224_add_l3",
 ]
 # 96 px: at 64 px, some regions of an untrained ResNet18 die before its 2x2 last stage, so masks there look alike.
 SIZE = 96
@@ -46,7 +49,7 @@ def _assert_distinct(answers: list[torch.Tensor]) -> None:
 
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_threads_sharing_one_model_each_get_the_answer_they_get_alone(name):
-    model = make_model(name)
+    model = make_model(name, **sized(name, SIZE))
     randomize_side_branch(model)
     image, masks = random_image(batch=1, size=SIZE), _masks()
     with torch.inference_mode():

@@ -85,7 +85,16 @@ def test_int8_stays_near_the_float32_answer_on_the_real_coco_photos(imagenet_add
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["roi_resnet18_add_l3", "roi_resnet18_crop", "roi_resnet18_mul_all"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roi_resnet18_add_l3",
+        "roi_resnet18_crop",
+        "roi_resnet18_mul_all",
+        "roi_vit_small_patch16_224_add_l3",
+        "roi_deit_small_distilled_patch16_224_mul_all",
+    ],
+)
 def test_the_onnx_graph_takes_the_photo_and_any_number_of_masks(name):
     """One exported graph for 1 and for 7 masks, equal to eager forward_regions: the trunk-sharing variant, the
     crop (RoiAlign) and a variant merging at every stage."""

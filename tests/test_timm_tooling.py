@@ -21,6 +21,8 @@ from roi_attention.examples import COFFEE_REGIONS, polygon_mask
 
 from .conftest import (
     SMALL_MODELS,
+    VIT_MODELS,
+    backbone_of,
     box_mask,
     make_model,
     random_image,
@@ -30,6 +32,10 @@ from .conftest import (
 )
 
 skimage_data = pytest.importorskip("skimage.data")
+
+# Every variant on the small Vision Transformer, and DeiT's two prefix tokens.
+SMALL_VITS = [n for n in VIT_MODELS if backbone_of(n) == "vit_small_patch16_224"]
+VITS = [*SMALL_VITS, "roi_deit_small_distilled_patch16_224_mul_all", "roi_vit_small_patch14_reg4_dinov2_add_l3"]
 
 
 @pytest.mark.parametrize("name", ["roi_resnet18_add_l1", "roi_tf_efficientnet_lite0_mul_l3"])
@@ -79,7 +85,7 @@ def trained(name, **kwargs):
     return model
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize("name", [*SMALL_MODELS, *VITS])
 def test_torchscript_gives_the_eager_logits_for_every_input_form_and_survives_save_and_load(name):
     model = trained(name)
     image, mask = random_image(), box_mask()
@@ -103,7 +109,7 @@ def _fx_trace(model):
     return torch.fx.GraphModule(model, tracer.trace(model))
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize("name", [*SMALL_MODELS, *VITS])
 def test_torch_fx_traces_one_graph_that_takes_every_input_form(name):
     model = trained(name)
     image, mask = random_image(), box_mask()
@@ -140,7 +146,9 @@ def test_fx_features_are_the_getters_features_with_the_mask_merged_in(name):
         timm.create_model(name, features_only=True, feature_cls="hook")
 
 
-@pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l3"])
+@pytest.mark.parametrize(
+    "name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l3", "roi_vit_small_patch16_224_mul_all"]
+)
 def test_torchs_activation_checkpointing_of_the_stages_gives_the_same_gradients(name):
     model = train_with_frozen_batch_norm(trained(name))  # the same batch statistics in both runs
     image, mask = random_image(), box_mask()
@@ -188,9 +196,12 @@ def test_conv_bn_act_fusion_keeps_the_output_and_refuses_across_a_merge_point(na
             assert torch.allclose(stem(image, mask=mask), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize(
+    "name", [*SMALL_MODELS, "roi_vit_small_patch16_224_mul_all", "roi_vit_small_patch16_224_add_l3"]
+)
 def test_pruned_features_train_every_parameter(name):
-    model = timm.create_model(name, features_only=True, out_indices=(1, 2)).train()
+    size = {"img_size": 64} if name in VIT_MODELS else {}
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2), **size).train()
     randomize_side_branch(model.model, std=0.1)
     image, mask = random_image(), box_mask()
     features = model(torch.cat([image, mask], 1))
@@ -201,13 +212,22 @@ def test_pruned_features_train_every_parameter(name):
     assert all(point.replace(".", "_") in kept for point, _ in model.model.merge_points)
 
 
-@pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l1", "roi_resnet18_crop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roi_resnet18_mul_all",
+        "roi_tf_efficientnet_lite0_add_l1",
+        "roi_resnet18_crop",
+        "roi_vit_small_patch16_224_add_all",
+    ],
+)
 def test_dtype_and_device_at_creation_reach_the_side_branch(name):
+    size = {"img_size": 64} if name in VIT_MODELS else {}
     with torch.device("meta"):
-        meta = timm.create_model(name, device="meta")
+        meta = timm.create_model(name, device="meta", **size)
     assert {p.device.type for p in meta.parameters()} | {b.device.type for b in meta.buffers()} == {"meta"}
     model = trained(name)
-    half = timm.create_model(name, num_classes=5, dtype=torch.bfloat16).eval()
+    half = timm.create_model(name, num_classes=5, dtype=torch.bfloat16, **size).eval()
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     half.load_state_dict(model.state_dict())
     image, mask = random_image(), box_mask()
@@ -218,7 +238,7 @@ def test_dtype_and_device_at_creation_reach_the_side_branch(name):
     assert (got.float() - expected).abs().max() <= 0.05 * expected.abs().max() + 0.05
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize("name", [*SMALL_MODELS, "roi_vit_small_patch16_224_add_l1"])
 def test_default_cfg_is_the_pretrained_cfg_whatever_the_channels(name):
     for in_chans in (3, 1):
         model = make_model(name, in_chans=in_chans)
@@ -227,7 +247,15 @@ def test_default_cfg_is_the_pretrained_cfg_whatever_the_channels(name):
         assert len(model.default_cfg["mean"]) == in_chans
 
 
-@pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l3", "roi_resnet18_crop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roi_resnet18_mul_all",
+        "roi_tf_efficientnet_lite0_add_l3",
+        "roi_resnet18_crop",
+        "roi_vit_small_patch16_224_add_l3",
+    ],
+)
 def test_deepcopy_and_pickle_give_the_same_model(name):
     model = trained(name)
     image, mask = random_image(), box_mask()
@@ -239,12 +267,20 @@ def test_deepcopy_and_pickle_give_the_same_model(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["roi_resnet18_add_l1", "roi_tf_efficientnet_lite0_mul_l3", "roi_resnet18_crop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roi_resnet18_add_l1",
+        "roi_tf_efficientnet_lite0_mul_l3",
+        "roi_resnet18_crop",
+        "roi_vit_small_patch16_224_add_l1",
+    ],
+)
 def test_timms_onnx_export_needs_no_input_size(name, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from timm.utils.onnx import onnx_export
 
-    model = trained(name)
+    model = trained(name, **({"img_size": 224} if name in VIT_MODELS else {}))  # a ViT of its pretrained size
     path = tmp_path / "model.onnx"
     onnx_export(model, str(path), batch_size=1)  # the size comes from the model's pretrained_cfg
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -258,7 +294,15 @@ def test_timms_onnx_export_needs_no_input_size(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["roi_resnet18_mul_all", "roi_tf_efficientnet_lite0_add_l1", "roi_resnet18_crop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roi_resnet18_mul_all",
+        "roi_tf_efficientnet_lite0_add_l1",
+        "roi_resnet18_crop",
+        "roi_vit_small_patch16_224_mul_all",
+    ],
+)
 def test_torch_export_gives_the_eager_logits(name):
     model = trained(name)
     image, mask = random_image(), box_mask()
@@ -266,3 +310,24 @@ def test_torch_export_gives_the_eager_logits(name):
     with torch.no_grad():
         for other in (mask, box_mask(box=(40, 0, 64, 10))):
             assert torch.allclose(program.module()(image, mask=other), model(image, mask=other), atol=1e-5)
+
+
+def test_a_text_head_is_cosine_logits_scripts_and_goes_with_a_reset():
+    """A CLIP-style text head on a small ViT: logits = normalised embedding x the head's rows, as eager, scripted
+    and traced; reset_classifier gives the backbone a plain head again (and says so in the saved arguments)."""
+    model = trained("roi_vit_small_patch16_224_add_l1", num_classes=3, text_embed_dim=6)
+    torch.nn.init.normal_(model.text_head.weight)
+    image, mask = random_image(), box_mask()
+    with torch.no_grad():
+        embedding = model.backbone.forward_head(model.forward_features(image, mask))
+        expected = torch.nn.functional.normalize(embedding, dim=-1) @ model.text_head.weight.T
+        assert embedding.shape == (2, 6) and model.num_classes == 3
+        assert torch.allclose(model(image, mask=mask), expected, atol=1e-6)
+        assert torch.allclose(torch.jit.script(model)(image, mask), expected, atol=1e-5)
+        assert torch.allclose(_fx_trace(model)(image, mask), expected, atol=1e-5)
+        assert model.forward_head(model.forward_features(image, mask), pre_logits=True).shape == (2, 384)
+    assert model.get_classifier() is model.text_head
+    model.reset_classifier(7)
+    assert model.text_head is None and model._model_args["text_embed_dim"] == 0
+    with torch.no_grad():
+        assert model(image, mask=mask).shape == (2, 7)

@@ -92,7 +92,7 @@ def test_every_paper_experiment_has_a_config_that_loads():
     assert modern.zero_init_head is True
 
 
-@pytest.mark.parametrize("recipe", ["modern", "paper"])
+@pytest.mark.parametrize("recipe", ["modern", pytest.param("paper", marks=pytest.mark.slow)])
 def test_a_head_new_to_the_task_starts_at_zero_with_the_modern_recipe(dataset, tmp_path, recipe):
     set_seed(0)
     source = timm.create_model("roi_resnet18_add_l1", num_classes=1000)  # like ImageNet weights: 1000 classes
@@ -113,6 +113,26 @@ def test_a_head_new_to_the_task_starts_at_zero_with_the_modern_recipe(dataset, t
     assert all(torch.equal(trained[k], v) for k, v in backbone.items())  # lr 0, statistics frozen: as loaded
     head_is_zero = not trained["backbone.fc.weight"].any() and not trained["backbone.fc.bias"].any()
     assert head_is_zero == (recipe == "modern")
+
+
+@pytest.mark.slow
+def test_a_snapshot_is_the_model_of_the_run_that_stopped_there(dataset, tmp_path):
+    """With a constant learning rate, the snapshot at step 2 of a 4-step run is the model a 2-step run saves."""
+    constant = dict(schedule="constant", warmup_steps=0, eval_split="none")
+    run = _train(dataset, tmp_path / "four", max_steps=4, snapshot_steps="2", **constant)
+    assert run.returncode == 0, run.stderr[-3000:]
+    short = _train(dataset, tmp_path / "two", max_steps=2, **constant)
+    assert short.returncode == 0, short.stderr[-3000:]
+    snapshot = load_file(str(tmp_path / "four" / "snapshots" / "step_2" / "model.safetensors"))
+    assert snapshot.keys() == _weights(tmp_path / "two").keys()
+    assert all(torch.equal(snapshot[k], v) for k, v in _weights(tmp_path / "two").items())
+    assert not all(torch.equal(snapshot[k], v) for k, v in _weights(tmp_path / "four").items())
+    assert timm.create_model(f"local-dir:{tmp_path / 'four' / 'snapshots' / 'step_2'}", pretrained=True)
+    with pytest.raises(ConfigError, match="snapshot_steps must be steps between 1 and max_steps - 1"):
+        from roi_attention.train.config import check_config
+
+        check_config(load_config(None, ["--dataset", "d", "--output_dir", str(tmp_path / "x"), "--max_steps", "4",
+                                        "--snapshot_steps", "2,4"]))  # fmt: skip
 
 
 def test_config_overrides_are_typed_and_unknown_keys_refused():
@@ -243,12 +263,26 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
         (dict(model="roi_resnet18_add_l1", pretrained="true"), "could not be loaded"),
     ],
 )
-def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, message):
+def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, message, capsys):
+    """In process: the exit code and message are main's (the command's own exit code: the test below)."""
+    from roi_attention.train import main as train_main
+
     overrides = dict(overrides)
-    run = _train(overrides.pop("dataset", dataset), overrides.pop("output_dir", tmp_path / "out"), **overrides)
-    assert run.returncode == 2
-    assert message in run.stderr
+    argv = _args(overrides.pop("dataset", dataset), overrides.pop("output_dir", tmp_path / "out"), **overrides)
+    assert train_main(argv) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "model").exists()
+
+
+def test_the_command_exits_2_with_the_reason_and_no_traceback(dataset, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "roi_attention.train", *_args(dataset, tmp_path / "out", model="roi_resnet18_nonsense")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert run.returncode == 2 and "unknown model 'roi_resnet18_nonsense'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.slow

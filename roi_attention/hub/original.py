@@ -42,8 +42,9 @@ def _author_merge_keys(state: dict[str, torch.Tensor]) -> dict[int, str]:
     return merges
 
 
-def load_original_state(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The author's state dict, read with ``torch.load(weights_only=True)`` (no code from the file runs)."""
+def read_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict saved with ``torch.save``, read with ``torch.load(weights_only=True)`` (no code from the file
+    runs): the one way this project opens a pickle."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -56,8 +57,14 @@ def load_original_state(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor
         ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_original_state(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The author's state dict (``read_state_dict``), checked to be one of the author's ROI classifiers."""
+    state = read_state_dict(checkpoint)
     if not any(key.startswith("Net.") for key in state):
-        raise ValueError(f"{path} has no Net.* tensors: not one of the author's ROI classifiers")
+        raise ValueError(f"{checkpoint} has no Net.* tensors: not one of the author's ROI classifiers")
     return state
 
 

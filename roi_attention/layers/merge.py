@@ -8,6 +8,7 @@ features itself (``mask_resize``). Their ``forward`` is TorchScript-compatible; 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -139,17 +140,141 @@ class MaskGate(_MergeAfter, nn.Module):
         return features * resize_mask(mask, features.shape[-2:], self.mask_resize).to(features.dtype)
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a Vision Transformer's features hold the patch grid at a merge point.
+
+    ``patch_size``: pixels per token, (h, w). ``prefix_tokens``: tokens before the grid (class, registers,
+    distillation; none straight after the patch embedding), never merged into. ``channels_last``: the grid as
+    ``(B,H,W,C)`` (timm's ``dynamic_img_size`` patch embedding) instead of ``(B,N,C)``. ``pad``: the image is
+    padded to whole patches (``dynamic_img_pad``), and so is the mask.
+    """
+
+    patch_size: tuple[int, int]
+    prefix_tokens: int = 0
+    channels_last: bool = False
+    pad: bool = False
+
+
+class _TokenGrid(_MergeAfter):
+    """A ``(B,C,h,w)`` map of the patch grid laid out as the features' tokens (``TokenLayout``), the prefix
+    tokens given ``fill``, the value that leaves them as they are."""
+
+    fill = 0.0
+
+    def _set_layout(self, layout: TokenLayout) -> None:
+        self.fill = float(type(self).fill)  # an instance attribute: TorchScript sees those
+        self.patch_size = tuple(int(p) for p in layout.patch_size)
+        self.prefix_tokens = int(layout.prefix_tokens)
+        self.channels_last = bool(layout.channels_last)
+        self.pad = bool(layout.pad)
+
+    def _padded(self, mask: Tensor) -> Tensor:
+        if not self.pad:
+            return mask
+        patch_h, patch_w = self.patch_size
+        return F.pad(mask, (0, (-mask.shape[-1]) % patch_w, 0, (-mask.shape[-2]) % patch_h))
+
+    def as_tokens(self, grid: Tensor) -> Tensor:
+        if self.channels_last:
+            return grid.permute(0, 2, 3, 1)
+        tokens = grid.flatten(2).transpose(1, 2)
+        if self.prefix_tokens > 0:
+            tokens = F.pad(tokens, (0, 0, self.prefix_tokens, 0), value=self.fill)
+        return tokens
+
+
+class TokenMaskAttentionAdd(_TokenGrid, nn.Conv2d):
+    """``tokens + conv(mask)`` for a Vision Transformer: a conv of the full-resolution mask with the patch size as
+    kernel and stride gives each patch token its attention vector (one pixel of the region reaches its patch), the
+    prefix tokens are left as they are. At the patch embedding this is Alpha-CLIP's ``conv1_alpha``, with a bias
+    that holds its mask normalisation. Weight and bias start at zero: no effect until trained.
+    """
+
+    bias_init = 0.0
+
+    def __init__(
+        self, channels: int, layout: TokenLayout, mask_resize: str = "max", device: Any = None, dtype: Any = None
+    ) -> None:
+        patch = tuple(int(p) for p in layout.patch_size)
+        super().__init__(1, channels, kernel_size=patch, stride=patch, bias=True, device=device, dtype=dtype)
+        self._set_layout(layout)
+        self.mask_resize = mask_resize
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.constant_(self.bias, self.bias_init)
+
+    def attention(self, mask: Tensor) -> Tensor:
+        """The attention tokens for a ``(B,1,H,W)`` mask at the image's resolution."""
+        return self.as_tokens(self._conv_forward(self._padded(mask).to(self.weight.dtype), self.weight, self.bias))
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        return features + self.attention(mask)
+
+
+class TokenMaskAttentionMul(TokenMaskAttentionAdd):
+    """``tokens * conv(mask)`` for a Vision Transformer (``TokenMaskAttentionAdd``'s conv); weight 0 and bias 1
+    make it start as identity."""
+
+    bias_init = 1.0
+    fill = 1.0
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        return features * self.attention(mask)
+
+
+class TokenMaskGate(_TokenGrid, nn.Module):
+    """``tokens * mask``: hard attention for a Vision Transformer, every patch token outside the ROI zeroed (the
+    mask resized to the patch grid with ``mask_resize``); no parameters."""
+
+    fill = 1.0
+
+    def __init__(
+        self,
+        channels: int | None = None,
+        layout: TokenLayout | None = None,
+        mask_resize: str = "max",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self._set_layout(layout or TokenLayout((16, 16)))
+        self.mask_resize = mask_resize
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        mask = self._padded(mask)
+        patch_h, patch_w = self.patch_size
+        rows, columns = mask.shape[-2] // patch_h, mask.shape[-1] // patch_w
+        grid = resize_mask(mask[..., : rows * patch_h, : columns * patch_w], [rows, columns], self.mask_resize)
+        return features * self.as_tokens(grid.to(features.dtype))
+
+
 MERGE_LAYERS: dict[str, type[nn.Module]] = {
     "add": MaskAttentionAdd,
     "mul": MaskAttentionMul,
     "gate": MaskGate,
 }
+# The same merge modes into a Vision Transformer's tokens.
+TOKEN_MERGE_LAYERS: dict[str, type[nn.Module]] = {
+    "add": TokenMaskAttentionAdd,
+    "mul": TokenMaskAttentionMul,
+    "gate": TokenMaskGate,
+}
 
 
 def create_merge_layer(
-    merge: str, channels: int, mask_resize: str = "max", device: Any = None, dtype: Any = None
+    merge: str,
+    channels: int,
+    mask_resize: str = "max",
+    device: Any = None,
+    dtype: Any = None,
+    tokens: TokenLayout | None = None,
 ) -> nn.Module:
-    """The side-branch module for merge mode ``merge`` into a feature map of ``channels`` channels."""
+    """The side-branch module for merge mode ``merge`` into a feature map of ``channels`` channels, or into the
+    tokens of a Vision Transformer laid out as ``tokens`` says."""
     if merge not in MERGE_LAYERS:
         raise ValueError(f"unknown merge mode {merge!r}, expected one of {tuple(MERGE_LAYERS)}")
+    if tokens is not None:
+        return TOKEN_MERGE_LAYERS[merge](channels, tokens, mask_resize=mask_resize, device=device, dtype=dtype)
     return MERGE_LAYERS[merge](channels, mask_resize=mask_resize, device=device, dtype=dtype)

@@ -10,6 +10,7 @@ from .roi_net import (
     ScriptableRoiNet,
     WiringError,
     checkpoint_filter_fn,
+    classifier_names,
     model_cfgs,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "ScriptableRoiNet",
     "WiringError",
     "checkpoint_filter_fn",
+    "classifier_names",
     "model_cfgs",
 ]

@@ -12,6 +12,7 @@ which makes the whole photo the region.
 """
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,10 @@ from torch.ao.nn.intrinsic import _FusedModule
 
 from ..labels import COCO_CLASSES, OPENSURFACES_MATERIALS
 from ..layers.crop import crop_to_roi
+from ..layers.head import CosineClassifier
 from ..layers.mask import MASK_RESIZE_MODES, RoiInputError, split_roi_input
-from ..layers.merge import create_merge_layer
-from .walk import Step, WiringError, first_conv_name, merge_key, resolve_walk
+from ..layers.merge import TokenLayout, create_merge_layer
+from .walk import METHOD_MODULES, Step, WiringError, feature_map, merge_key, resolve_walk, step_callable
 
 __all__ = [
     "BACKBONES",
@@ -41,6 +43,7 @@ __all__ = [
     "ScriptableRoiNet",
     "WiringError",
     "checkpoint_filter_fn",
+    "classifier_names",
 ]
 
 HUB_ORG = "roi-attention"
@@ -99,12 +102,40 @@ BACKBONES: dict[str, str] = {
     "mobilenetv3_large_100": "ra_in1k",
     "convnext_atto": "d2_in1k",
     "regnetx_002": "pycls_in1k",
+    # Vision Transformers: the mask merges into the patch tokens (prefix tokens untouched).
+    "vit_small_patch16_224": "augreg_in21k_ft_in1k",
+    "deit_small_distilled_patch16_224": "fb_in1k",
+    "vit_small_patch14_reg4_dinov2": "lvd142m",
+    # OpenAI CLIP image towers (no head: the output is CLIP's image embedding). timm runs the plain names with GELU;
+    # the OpenAI weights were trained with QuickGELU, which the quickgelu names run (and Alpha-CLIP converts to).
+    "vit_base_patch16_clip_224": "openai",
+    "vit_large_patch14_clip_224": "openai",
+    "vit_large_patch14_clip_336": "openai",
+    "vit_base_patch16_clip_quickgelu_224": "openai",
+    "vit_large_patch14_clip_quickgelu_224": "openai",
+    "vit_large_patch14_clip_quickgelu_336": "openai",
 }
 
 # Region-trained weights published under HUB_ORG: tag -> (backbones, class names).
 REGION_WEIGHTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "coco": (("resnet50",), COCO_CLASSES),
     "opensurfaces": (("resnet50",), OPENSURFACES_MATERIALS),
+}
+
+# Third-party region weights converted and published under HUB_ORG: (backbone, variant, tag) -> (licence, what).
+CONVERTED_WEIGHTS: dict[tuple[str, str, str], tuple[str, str]] = {
+    ("vit_base_patch16_clip_quickgelu_224", "add_l1", "alpha_clip_grit20m"): (
+        "cc-by-nc-4.0",
+        "Alpha-CLIP ViT-B/16 (clip_b16_grit20m_fultune_2xe.pth), output: its image embedding",
+    ),
+    ("vit_large_patch14_clip_quickgelu_224", "add_l1", "alpha_clip_grit20m"): (
+        "cc-by-nc-4.0",
+        "Alpha-CLIP ViT-L/14 (clip_l14_grit20m_fultune_2xe.pth), output: its image embedding",
+    ),
+    ("vit_large_patch14_clip_quickgelu_336", "add_l1", "alpha_clip_grit1m"): (
+        "cc-by-nc-4.0",
+        "Alpha-CLIP ViT-L/14@336px (clip_l14@336_grit1m_fultune_8xe.pth), output: its image embedding",
+    ),
 }
 
 # forward_regions runs the masks of a variant that shares little in groups of at most this many pixels (masks x
@@ -136,8 +167,10 @@ def _cfg(backbone: str, **kwargs: Any) -> dict[str, Any]:
     the packed input instead (``packed_input_cfg``).
     """
     base = get_pretrained_cfg(f"{backbone}.{BACKBONES[backbone]}")
+    classifiers = base.classifier if isinstance(base.classifier, (tuple, list)) else (base.classifier,)
     cfg = dict(
         input_size=base.input_size,
+        fixed_input_size=base.fixed_input_size,
         interpolation=base.interpolation,
         crop_pct=1.0,
         crop_mode="border",
@@ -146,7 +179,9 @@ def _cfg(backbone: str, **kwargs: Any) -> dict[str, Any]:
         num_classes=base.num_classes,
         pool_size=base.pool_size,
         first_conv=f"backbone.{base.first_conv}",
-        classifier=f"backbone.{base.classifier}",
+        classifier=tuple(f"backbone.{c}" for c in classifiers)
+        if len(classifiers) > 1
+        else f"backbone.{classifiers[0]}",
         license=base.license,
         paper_name="Classifying a specific image region using convolutional nets with an ROI mask as input",
         paper_ids="arXiv:1812.00291",
@@ -179,6 +214,15 @@ def _pretrained_cfgs() -> dict[str, dict[str, Any]]:
                     license="mit",
                     description=f"trained to classify {region_tag} regions",
                 )
+        for (weights_backbone, weights_variant, converted_tag), (licence, what) in CONVERTED_WEIGHTS.items():
+            if (backbone, variant) == (weights_backbone, weights_variant):
+                cfgs[f"{name}.{converted_tag}"] = _cfg(
+                    backbone,
+                    hf_hub_id=f"{HUB_ORG}/{name}.{converted_tag}",
+                    license=licence,
+                    description=what,
+                    crop_pct=1.0,
+                )
     return cfgs
 
 
@@ -206,6 +250,9 @@ class RoiAttentionNet(nn.Module):
             every merge point), ``area`` or ``bilinear`` (the paper author's; small ROIs can vanish).
         crop_margin: for ``crop``, the box grows by this fraction of its size on each side.
         check_inputs: check values (finite image, mask in [0, 1]) on every eager forward.
+        text_embed_dim: with a text head (``CosineClassifier``, CLIP's zero-shot classifier): the backbone's head
+            gives a ``text_embed_dim``-wide image embedding (a CLIP tower's projection) and the logits are its
+            scaled cosine similarities with ``num_classes`` class embeddings. 0: the backbone's head gives the logits.
         **backbone_kwargs: passed to ``timm.create_model`` for the backbone (``drop_rate``, ``device``, ...).
     """
 
@@ -218,6 +265,7 @@ class RoiAttentionNet(nn.Module):
         mask_resize: str = "max",
         crop_margin: float = 0.1,
         check_inputs: bool = True,
+        text_embed_dim: int = 0,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -234,12 +282,13 @@ class RoiAttentionNet(nn.Module):
         if self.variant.at in ("l1", "l3", "all"):  # before the backbone: a backbone that cannot be wired is refused
             walk = resolve_walk(backbone, self.variant.at, dict(backbone_kwargs, in_chans=in_chans))
         self.backbone = timm.create_model(
-            backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **backbone_kwargs
+            backbone, pretrained=False, num_classes=text_embed_dim or num_classes, in_chans=in_chans, **backbone_kwargs
         )
+        self.text_head = CosineClassifier(text_embed_dim, num_classes, **factory) if text_embed_dim else None
         self.backbone_name = backbone
         self.variant_name = variant
         self.in_chans = in_chans
-        self.num_classes = self.backbone.num_classes
+        self.num_classes = num_classes if text_embed_dim else self.backbone.num_classes
         self.num_features = self.backbone.num_features
         self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
         self.mask_resize = mask_resize
@@ -248,20 +297,27 @@ class RoiAttentionNet(nn.Module):
         self.grad_checkpointing = False
         self.roi_branch = nn.ModuleDict()
         self.walk_steps: tuple[Step, ...] = ()
+        self.walk_stem = ""
         self.features_walked = False
         self.merge_channels: dict[str, int] = {}
+        self.token_layouts: dict[str, TokenLayout] = {}
         if self.variant.at in ("l1", "l3", "all"):
-            self.walk_steps, self.features_walked = walk.steps, walk.features_walked
-            self.merge_channels = dict(walk.merges)
+            self.walk_steps, self.features_walked, self.walk_stem = walk.steps, walk.features_walked, walk.stem
+            self.merge_channels, self.token_layouts = dict(walk.merges), dict(walk.tokens)
             for name, channels in walk.merges:
                 self.roi_branch[merge_key(name)] = create_merge_layer(
-                    self.variant.merge, channels, mask_resize, **factory
+                    self.variant.merge, channels, mask_resize, tokens=walk.tokens.get(name), **factory
                 )
         elif self.variant.at == "image":
             self.roi_branch["image"] = create_merge_layer(self.variant.merge, in_chans, mask_resize, **factory)
-        # The modules whose output a stage's features are (torch.fx node names: after a merge, the merged map).
+        self.feature_info = self._feature_info()
+
+    def _feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info`` of the stages the backbone still has, each named by the module whose output its
+        features are (torch.fx node names: after a merge, the merged map)."""
         merged = {step.name: step.merge for step in self.walk_steps if step.merge}
-        self.feature_info = [
+        modules = dict(self.backbone.named_modules())
+        return [
             dict(
                 info,
                 module=f"roi_branch.{merged[info['module']]}"
@@ -269,6 +325,7 @@ class RoiAttentionNet(nn.Module):
                 else f"backbone.{info['module']}",
             )
             for info in self.backbone.feature_info
+            if info["module"] in modules
         ]
 
     # -- the walk: the backbone's modules in order, the mask merged after the merge points --------------------
@@ -285,12 +342,18 @@ class RoiAttentionNet(nn.Module):
         return image
 
     def _run_step(self, step: Step, x: Tensor, mask: Tensor) -> Tensor:
-        module = self.backbone.get_submodule(step.name)
-        if self.grad_checkpointing and step.feature >= 0 and self.training and torch.is_grad_enabled():
-            # A stage with parameters (not a re-exposed stem activation, which may work in place).
-            if next(module.parameters(), None) is not None and not torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        module = step_callable(self.backbone, step)
+        if self.grad_checkpointing and self._checkpointed(step) and self.training and torch.is_grad_enabled():
+            if not torch.fx._symbolic_trace.is_fx_symbolic_tracing():
                 return self._merge(step, module, x, checkpoint(module, x), mask)
         return self._merge(step, module, x, module(x), mask)
+
+    def _checkpointed(self, step: Step) -> bool:
+        """Whether gradient checkpointing recomputes the step: a stage with parameters (not a re-exposed stem
+        activation, which may work in place)."""
+        if step.feature < 0 or step.method:
+            return False
+        return next(self.backbone.get_submodule(step.name).parameters(), None) is not None
 
     def _merge(self, step: Step, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
         if not step.merge:
@@ -306,9 +369,21 @@ class RoiAttentionNet(nn.Module):
                 "stage, or after the last merge point"
             )
 
-    def _walk(self, x: Tensor, mask: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    def _walk(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        take: Sequence[int] = (),
+        taken: list[Tensor] | None = None,
+    ) -> Tensor:
+        """The walk from step ``start`` to ``stop``: every forward (features, intermediates, regions) runs it. The
+        outputs of the ``feature_info`` stages in ``take`` are appended to ``taken``."""
         for step in self.walk_steps[start:stop]:
             x = self._run_step(step, x, mask)
+            if taken is not None and step.feature in take:
+                taken.append(x)
         return x
 
     # -- timm model API ------------------------------------------------------------------------------
@@ -322,7 +397,8 @@ class RoiAttentionNet(nn.Module):
         return self._walk(x, mask)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.backbone.forward_head(x, pre_logits=pre_logits)
+        x = self.backbone.forward_head(x, pre_logits=pre_logits)
+        return x if pre_logits or self.text_head is None else self.text_head(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits ``(B, num_classes)`` for an image with ``mask=``, the packed input, or an image alone (the whole
@@ -341,7 +417,7 @@ class RoiAttentionNet(nn.Module):
         if not self.walk_steps:
             return self.variant.merge is None and not self.variant.crop
         first = next(step for step in self.walk_steps if step.merge)
-        return first.name != first_conv_name(self.backbone)
+        return first.name != self.walk_stem
 
     def regions_chunk_size(self, count: int, height: int, width: int, device: torch.device | str) -> int:
         """How many masks of one photo ``forward_regions`` runs together by default (see ``REGION_BATCH_PIXELS``)."""
@@ -397,12 +473,13 @@ class RoiAttentionNet(nn.Module):
         first = next(index for index, step in enumerate(self.walk_steps) if step.merge)
         step = self.walk_steps[first]
         trunk_input = self._walk(photo, groups[0][:1], stop=first)
-        module = self.backbone.get_submodule(step.name)
+        module = step_callable(self.backbone, step)
         trunk = module(trunk_input)  # once for the photo, whatever the number of groups
         logits = []
         for group in groups:
             size = group.shape[0]
-            x = self._merge(step, module, trunk_input.expand(size, -1, -1, -1), trunk.expand(size, -1, -1, -1), group)
+            inputs = trunk_input.expand(size, *trunk_input.shape[1:])
+            x = self._merge(step, module, inputs, trunk.expand(size, *trunk.shape[1:]), group)
             logits.append(self.forward_head(self._walk(x, group, start=first + 1)))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
@@ -428,8 +505,9 @@ class RoiAttentionNet(nn.Module):
                 output_fmt=output_fmt,
                 intermediates_only=intermediates_only,
             )
-        if output_fmt != "NCHW":
-            raise ValueError(f"ROI models give NCHW intermediates, got output_fmt={output_fmt!r}")
+        tokens = bool(self.token_layouts)
+        if output_fmt not in (("NCHW", "NLC") if tokens else ("NCHW",)):
+            raise ValueError(f"{self.backbone_name} gives NCHW intermediates, got output_fmt={output_fmt!r}")
         if not self.features_walked:
             raise WiringError(
                 f"the stages of {self.backbone_name} are not all on the walk of variant {self.variant_name}: "
@@ -438,16 +516,26 @@ class RoiAttentionNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         last = max(index for index, step in enumerate(self.walk_steps) if step.feature == max_index)
         stop = last + 1 if (stop_early or intermediates_only) else None
-        intermediates = []
-        for step in self.walk_steps[:stop]:
-            x = self._run_step(step, x, mask)
-            if step.feature in take_indices and len(intermediates) < len(take_indices):
-                intermediates.append(x)
-        if norm and max_index == len(self.feature_info) - 1:
+        intermediates: list[Tensor] = []
+        x = self._walk(x, mask, stop=stop, take=take_indices, taken=intermediates)
+        if tokens:  # timm's ViT: every intermediate through the final norm when asked, the patch grid alone
+            layout = self._grid_layout()
+            if norm:
+                intermediates = [self.backbone.norm(y) for y in intermediates]
+            if output_fmt == "NLC":
+                intermediates = [y[:, layout.prefix_tokens :] for y in intermediates]
+            else:
+                intermediates = [feature_map(y, layout, image.shape[-2:]).contiguous() for y in intermediates]
+        elif norm and max_index == len(self.feature_info) - 1:
             intermediates[-1] = self._final_norm(intermediates[-1], last)
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    def _grid_layout(self) -> TokenLayout:
+        """Where a token family's stage outputs hold the patch grid (after the prefix tokens)."""
+        stem = self.token_layouts.get(self.walk_stem) or next(iter(self.token_layouts.values()))
+        return TokenLayout(stem.patch_size, int(self.backbone.num_prefix_tokens), pad=stem.pad)
 
     def _final_norm(self, x: Tensor, last: int) -> Tensor:
         """The normalisation layers that follow the last stage in ``forward_features`` (timm's ``norm=True``)."""
@@ -465,6 +553,9 @@ class RoiAttentionNet(nn.Module):
         kept = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
         steps = []
         for step in self.walk_steps:
+            if step.method:
+                steps.append(step)
+                continue
             try:
                 module = self.backbone.get_submodule(step.name)
             except AttributeError:
@@ -479,15 +570,20 @@ class RoiAttentionNet(nn.Module):
         for key in set(self.roi_branch) - {step.merge for step in steps} - {"image"}:
             del self.roi_branch[key]
         self.walk_steps = tuple(steps)
-        self.num_classes = self.backbone.num_classes
+        self.feature_info = self._feature_info()[: max(kept) + 1]  # the stages pruned (a ResNet's as Identity) go
+        if prune_head:
+            self._drop_text_head()
+        self.num_classes = self.num_classes if self.text_head is not None else self.backbone.num_classes
         self.num_features = self.backbone.num_features
         self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
         return kept
 
     def get_classifier(self) -> nn.Module:
-        return self.backbone.get_classifier()
+        return self.text_head if self.text_head is not None else self.backbone.get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier of ``num_classes`` outputs on the backbone (a text head goes with the old classes)."""
+        self._drop_text_head()
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
         else:
@@ -495,10 +591,23 @@ class RoiAttentionNet(nn.Module):
         self.num_classes = num_classes
         self.head_hidden_size = getattr(self.backbone, "head_hidden_size", self.num_features)
 
+    def _drop_text_head(self) -> None:
+        if self.text_head is not None:
+            self.text_head = None
+            update_model_args(self, text_embed_dim=0)
+            if getattr(self, "pretrained_cfg", None) is not None:
+                self.pretrained_cfg = dict(self.pretrained_cfg, classifier="backbone.head")
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each backbone stage in the backward pass instead of storing its activations (the mask is
-        merged outside the checkpointed stages, so recomputation needs nothing but the stage's input)."""
+        merged outside the checkpointed stages, so recomputation needs nothing but the stage's input). Raises
+        ``RuntimeError`` where the walk has no stage to recompute, rather than silently doing nothing."""
+        if enable and self.walk_steps and not any(self._checkpointed(step) for step in self.walk_steps):
+            raise RuntimeError(
+                f"gradient checkpointing: the walk of {self.backbone_name} for {self.variant_name} has no stage "
+                "with parameters to recompute (its feature_info stages are not steps of the walk)"
+            )
         self.grad_checkpointing = enable
         self.backbone.set_grad_checkpointing(enable)
 
@@ -548,7 +657,7 @@ class ScriptableRoiNet(nn.Module):
     """``RoiAttentionNet`` as TorchScript compiles it (``torch.jit.script(model)`` builds one): the same modules
     and parameters, the walk's steps and merges as two ``ModuleList``s walked side by side."""
 
-    __constants__ = ("crop", "crop_margin", "in_chans", "walked")
+    __constants__ = ("crop", "crop_margin", "has_text_head", "in_chans", "walked")
 
     def __init__(self, model: RoiAttentionNet) -> None:
         super().__init__()
@@ -560,7 +669,12 @@ class ScriptableRoiNet(nn.Module):
         self.num_classes = model.num_classes
         self.pretrained_cfg = model.pretrained_cfg
         self.image_merge = model.roi_branch["image"] if "image" in model.roi_branch else _NoMerge()
-        steps = [model.backbone.get_submodule(step.name) for step in model.walk_steps]
+        self.has_text_head = model.text_head is not None
+        self.text_head = model.text_head if model.text_head is not None else nn.Identity()
+        steps = [
+            METHOD_MODULES[step.name](model.backbone) if step.method else model.backbone.get_submodule(step.name)
+            for step in model.walk_steps
+        ]
         for step, module in zip(model.walk_steps, steps, strict=True):
             if step.merge:
                 model._refuse_fused(step, module)
@@ -584,7 +698,10 @@ class ScriptableRoiNet(nn.Module):
 
     @torch.jit.export
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.backbone.forward_head(x, pre_logits=pre_logits)
+        x = self.backbone.forward_head(x, pre_logits=pre_logits)
+        if pre_logits or not self.has_text_head:
+            return x
+        return self.text_head(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.forward_head(self.forward_features(x, mask), False)
@@ -592,6 +709,12 @@ class ScriptableRoiNet(nn.Module):
 
 torch.fx.wrap("split_roi_input")
 torch.fx.wrap("crop_to_roi")
+
+
+def classifier_names(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The classifier modules a pretrained config names (one, or DeiT's two: ``head`` and ``head_dist``)."""
+    classifier = cfg.get("classifier") or ()
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) -> dict[str, Tensor]:
@@ -602,20 +725,25 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) 
     the first conv's input channels may differ: timm adapts them to ``in_chans``).
     """
     if not any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
+        # The backbone family's own filter first (a ViT's position embedding resampled to its size, OpenAI CLIP's
+        # layout converted), as timm loads the plain model.
+        family_filter = getattr(sys.modules[type(model.backbone).__module__], "checkpoint_filter_fn", None)
+        if family_filter is not None:
+            state_dict = family_filter(state_dict, model.backbone)
         state_dict = {f"backbone.{key}": value for key, value in state_dict.items()}
         state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("roi_branch.")})
     expected = model.state_dict()
-    classifier = model.pretrained_cfg.get("classifier") or ""
+    heads = tuple(f"{name}." for name in classifier_names(model.pretrained_cfg))
     first_conv = f"{model.pretrained_cfg.get('first_conv') or ''}.weight"
 
     def fits(key: str, value: Tensor) -> bool:
-        if value.shape == expected[key].shape or key.startswith(f"{classifier}."):
+        if value.shape == expected[key].shape or (heads and key.startswith(heads)):
             return True
         return key == first_conv and value.shape[0] == expected[key].shape[0] and model.in_chans != value.shape[1]
 
     problems = {
         "missing": [key for key in expected if key not in state_dict],
-        "unexpected": [key for key in state_dict if key not in expected and not key.startswith(f"{classifier}.")],
+        "unexpected": [key for key in state_dict if key not in expected and not (heads and key.startswith(heads))],
         "misshapen": [
             f"{key} {tuple(value.shape)} != {tuple(expected[key].shape)}"
             for key, value in state_dict.items()
@@ -690,6 +818,10 @@ def _create_roi_model(name: str, pretrained: bool = False, **kwargs: Any) -> Roi
             model.pretrained_cfg = _image_cfg(model.pretrained_cfg, 3)
         if model.pretrained_cfg["input_size"][0] != model.in_chans:
             model.pretrained_cfg = _image_cfg(model.pretrained_cfg, model.in_chans)
+        embed = getattr(model.backbone, "patch_embed", None)
+        if getattr(embed, "strict_img_size", False) and tuple(embed.img_size) != model.pretrained_cfg["input_size"][1:]:
+            # A Vision Transformer built for another size (img_size=) takes photos of that size only.
+            model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *embed.img_size))
     return model
 
 

@@ -84,6 +84,9 @@ class TrainConfig:
     eval_every: int = 5_000
     eval_limit: int | None = None
     save_every: int = 5_000
+    # Steps (before max_steps) at which the model is also saved as output_dir/snapshots/step_N, a folder
+    # timm.create_model("local-dir:...") loads: a learning curve from one run ("400,800,1600").
+    snapshot_steps: tuple[int, ...] = ()
     keep_checkpoints: int = 3
     log_every: int = 10
     tracker: str = "tensorboard"
@@ -98,7 +101,7 @@ class TrainConfig:
         return dataclasses.replace(self, **values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _field_types() -> dict[str, Any]:
@@ -106,6 +109,9 @@ def _field_types() -> dict[str, Any]:
 
 
 def _parse_value(name: str, text: str, kind: Any) -> Any:
+    if typing.get_origin(kind) is tuple:  # a comma-separated list: 400,800,1600
+        item = typing.get_args(kind)[0]
+        return tuple(_parse_value(name, part.strip(), item) for part in text.split(",") if part.strip())
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if optional else kind
     if optional and text.lower() in ("none", "null"):
@@ -150,6 +156,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    if isinstance(values.get("snapshot_steps"), list):  # YAML gives a list
+        values["snapshot_steps"] = tuple(values["snapshot_steps"])
     return TrainConfig(**values).resolved()
 
 
@@ -174,6 +182,11 @@ def check_config(cfg: TrainConfig) -> None:
     for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "keep_checkpoints", "log_every"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    wrong = [step for step in cfg.snapshot_steps if not isinstance(step, int) or not 1 <= step < cfg.max_steps]
+    if wrong:
+        raise ConfigError(
+            f"snapshot_steps must be steps between 1 and max_steps - 1 ({cfg.max_steps - 1}), got {wrong}"
+        )
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise ConfigError(f"weights file {cfg.weights} does not exist")
     output = Path(cfg.output_dir)

@@ -33,7 +33,7 @@ from ..data import RegionDataset, eval_transform, region_collate, train_transfor
 from ..evaluation import predict_loader
 from ..hub import HubPublishError, publish, save_model
 from ..metrics import region_accuracy
-from ..models import PretrainedWeightsError
+from ..models import PretrainedWeightsError, classifier_names
 from .checkpoints import TrainingProgress, resolve_resume, save_checkpoint
 from .config import ConfigError, TrainConfig, check_config, load_config, save_config
 from .data import DrawSampler, SeededRegions
@@ -67,14 +67,16 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
         raise ConfigError(str(error)) from error
     weights_classes = model.pretrained_cfg.get("num_classes")
     model.pretrained_cfg["label_names"] = list(class_names)
+    heads = classifier_names(model.pretrained_cfg)
     if cfg.zero_init_head and (not cfg.pretrained or weights_classes != len(class_names)):
-        classifier = model.get_classifier()
-        torch.nn.init.zeros_(classifier.weight)
-        torch.nn.init.zeros_(classifier.bias)
+        for head in heads:
+            classifier = model.get_submodule(head)
+            torch.nn.init.zeros_(classifier.weight)
+            torch.nn.init.zeros_(classifier.bias)
     if cfg.freeze_backbone:
-        head = model.pretrained_cfg["classifier"] + "."
+        heads = tuple(f"{head}." for head in heads)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad = name.startswith(head) or name.startswith(f"{SIDE_BRANCH}.")
+            parameter.requires_grad = name.startswith((*heads, f"{SIDE_BRANCH}."))
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if cfg.channels_last:
@@ -194,7 +196,8 @@ def train(cfg: TrainConfig, on_step: Callable[[StepState], None] | None = None) 
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.output_dir) / "train_config.yaml")
     if cfg.tracker != "none":
-        accelerator.init_trackers("roi-attention", config={k: v for k, v in cfg.to_dict().items() if v is not None})
+        hparams = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in cfg.to_dict().items()}
+        accelerator.init_trackers("roi-attention", config={k: v for k, v in hparams.items() if v is not None})
 
     # Each rank reads its own share of one global sequence of draws; a draw's augmentation depends on it alone.
     draws_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
@@ -260,6 +263,11 @@ def train(cfg: TrainConfig, on_step: Callable[[StepState], None] | None = None) 
                 },
                 step=progress.step,
             )
+        if progress.step in cfg.snapshot_steps:
+            snapshot = accelerator.get_state_dict(model)
+            if accelerator.is_main_process:
+                folder = Path(cfg.output_dir) / "snapshots" / f"step_{progress.step}"
+                save_model(_unwrapped(accelerator, model), folder, overwrite=True, state_dict=snapshot)
         if progress.step % cfg.save_every == 0 and progress.step < cfg.max_steps:
             save_checkpoint(accelerator, cfg.output_dir, progress.step, cfg.keep_checkpoints)
         if on_step is not None:
@@ -276,11 +284,15 @@ def train(cfg: TrainConfig, on_step: Callable[[StepState], None] | None = None) 
     return status
 
 
+def _unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
+
+
 def _save(
     accelerator: Accelerator, model: torch.nn.Module, weights: dict, cfg: TrainConfig, results: dict | None
 ) -> int:
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
+    unwrapped = _unwrapped(accelerator, model)
     extra = {"train_config.yaml": (Path(cfg.output_dir) / "train_config.yaml").read_text()}
     if results is not None:
         extra["eval_results.json"] = json.dumps(results, indent=2)
