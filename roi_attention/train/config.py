@@ -36,6 +36,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# What a run leaves in its output_dir.
+RUN_OUTPUTS = ("checkpoints", "model", "snapshots")
+
+
 class ConfigError(ValueError):
     """A training configuration that cannot run; raised before the first step."""
 
@@ -91,6 +95,7 @@ class TrainConfig:
     log_every: int = 10
     tracker: str = "tensorboard"
     resume: str | None = None  # "latest" or a checkpoint folder
+    overwrite: bool = False  # start again in an output_dir an earlier run used (its checkpoints and model go)
     push_to_hub: str | None = None
 
     def resolved(self) -> TrainConfig:
@@ -190,6 +195,14 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise ConfigError(f"weights file {cfg.weights} does not exist")
     output = Path(cfg.output_dir)
+    earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
+    if earlier and cfg.resume is None and not cfg.overwrite:
+        raise ConfigError(
+            f"output_dir {output} holds an earlier run ({', '.join(earlier)}): --resume latest to continue it, "
+            "--overwrite true to start again, or choose another output_dir"
+        )
+    if cfg.resume is not None and cfg.overwrite:
+        raise ConfigError("--resume continues the run in output_dir, --overwrite starts again: choose one")
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".write-test"

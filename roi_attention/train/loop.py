@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from ..hub import HubPublishError, publish, save_model
 from ..metrics import region_accuracy
 from ..models import PretrainedWeightsError, classifier_names
 from .checkpoints import TrainingProgress, resolve_resume, save_checkpoint
-from .config import ConfigError, TrainConfig, check_config, load_config, save_config
+from .config import RUN_OUTPUTS, ConfigError, TrainConfig, check_config, load_config, save_config
 from .data import DrawSampler, SeededRegions
 
 SIDE_BRANCH = "roi_branch"
@@ -159,6 +160,10 @@ def train(cfg: TrainConfig, on_step: Callable[[StepState], None] | None = None) 
         project_dir=cfg.output_dir,
     )
     set_seed(cfg.seed, deterministic=cfg.deterministic)
+    if cfg.overwrite and accelerator.is_main_process:  # what an earlier run left, checked by check_config
+        for name in RUN_OUTPUTS:
+            shutil.rmtree(Path(cfg.output_dir) / name, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
     # Everything that can be wrong is checked here, before the first step.
     try:
