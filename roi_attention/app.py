@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -42,6 +43,7 @@ QUEUE_SIZE = 16  # requests waiting beyond those; more are turned away with Grad
 # What one request may bring, so that CONCURRENCY requests at once take a bounded amount of memory.
 APP_MAX_PIXELS = 16_000_000  # of the photo, and of each layer and mask file
 MAX_REGIONS = 24
+KEEP_S = 600.0  # seconds an answer's picture and the uploads stay on disk (Gradio's cache and ours)
 MAX_FILE_SIZE = "25mb"  # Gradio refuses larger uploads
 # show_error=False: an exception outside classify's own messages reaches the visitor as a generic error, never its
 # text (which can name the server's files); uploads above MAX_FILE_SIZE are refused by Gradio.
@@ -350,17 +352,31 @@ def editor_files(payload: dict[str, Any] | None, blob_storage: dict[str, Any]) -
 
 
 class OutputFiles:
-    """The pictures of answers, one new file each (requests never share one), removed after ``keep_s``."""
+    """The pictures of answers, one new file each (requests never share one), removed ``keep_s`` after they were
+    written, by a timer (disk stays flat when no request comes)."""
 
-    def __init__(self, folder: Path, keep_s: float = 600.0) -> None:
+    def __init__(self, folder: Path, keep_s: float = KEEP_S) -> None:
         self.folder, self.keep_s = folder, keep_s
         folder.mkdir(parents=True, exist_ok=True)
+        self._sweeper = threading.Thread(target=self._sweep_forever, name="answer-sweeper", daemon=True)
+        self._sweeper.start()
 
-    def save(self, picture: Image.Image) -> str:
+    def sweep(self) -> None:
+        """Remove the pictures older than ``keep_s``."""
         now = time.time()
         for old in self.folder.glob("*.png"):
-            if now - old.stat().st_mtime > self.keep_s:
-                old.unlink(missing_ok=True)
+            try:
+                if now - old.stat().st_mtime > self.keep_s:
+                    old.unlink(missing_ok=True)
+            except FileNotFoundError:  # removed meanwhile
+                pass
+
+    def _sweep_forever(self) -> None:
+        while self.folder.is_dir():
+            time.sleep(min(self.keep_s / 2, 60.0))
+            self.sweep()
+
+    def save(self, picture: Image.Image) -> str:
         path = self.folder / f"regions-{uuid.uuid4().hex}.png"
         with writing_whole(path) as partial:
             picture.save(partial, format="PNG")
@@ -377,13 +393,15 @@ def build_app(
     message: str | None = None,
     examples_dir: Path | None = None,
     max_pixels: int = APP_MAX_PIXELS,
+    keep_s: float = KEEP_S,
 ):
     """The Gradio app serving ``models`` (shared by all requests, ``CONCURRENCY`` at a time); ``message`` is
-    shown at the top; photos, layers and masks of more than ``max_pixels`` are refused."""
+    shown at the top; photos, layers and masks of more than ``max_pixels`` are refused; answer pictures and
+    uploads are removed ``keep_s`` seconds after they are written."""
     import gradio as gr
 
     folder = examples_dir or Path(tempfile.mkdtemp(prefix="roi-attention-app-"))
-    outputs = OutputFiles(folder / "answers")
+    outputs = OutputFiles(folder / "answers", keep_s)
 
     def run(editor_value, mask_files, chosen):
         try:
@@ -397,7 +415,7 @@ def build_app(
         return outputs.save(picture), table, answers
 
     names = list(models)
-    with gr.Blocks(title="roi-attention: what is in this region?", delete_cache=(600, 600)) as app:
+    with gr.Blocks(title="roi-attention: what is in this region?", delete_cache=(int(keep_s), int(keep_s))) as app:
         gr.Markdown(
             "# What is in this region?\n"
             "Upload a photo (or pick an example), paint the region with the brush (one colour or one layer per "
@@ -453,9 +471,10 @@ def launch(
     port: int | None = None,
     max_pixels: int | None = None,
     serving: ServingOptions | None = None,
+    keep_s: float = KEEP_S,
 ) -> None:
     """Serve the app until interrupted (``max_pixels``: default ``APP_MAX_PIXELS``; ``serving``: the models'
-    precision and runtime)."""
+    precision and runtime; ``keep_s``: how long answer pictures and uploads are kept)."""
     models, message = load_app_models(specs, serving)
-    app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS)
+    app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS, keep_s=keep_s)
     app.launch(server_name=host, server_port=port, **LAUNCH_OPTIONS)

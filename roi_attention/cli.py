@@ -319,7 +319,14 @@ def _cmd_app(args: argparse.Namespace) -> int:
         from .app import launch
     except ImportError as error:
         raise ImportError(f"the app needs the app extra: pip install 'roi-attention[app]' ({error})") from error
-    launch(args.model, host=args.host, port=args.port, max_pixels=args.max_pixels, serving=_serving_options(args))
+    launch(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_pixels=args.max_pixels,
+        serving=_serving_options(args),
+        keep_s=args.keep_seconds,
+    )
     return 0
 
 
@@ -500,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     app.add_argument(
         "--max-pixels", type=int, default=None, help="the largest photo, layer or mask it takes (default: 16 Mpx)"
+    )
+    app.add_argument(
+        "--keep-seconds", type=float, default=600.0, help="how long answer pictures and uploads stay on disk (600)"
     )
     _add_serving_arguments(app)
     app.set_defaults(run=_cmd_app)

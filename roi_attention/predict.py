@@ -233,10 +233,11 @@ def predict_coco_annotations(
     from accelerate import PartialState
 
     annotations, images_dir, out = Path(annotations), Path(images_dir), Path(out)
+    state = accelerator or PartialState()
     parts = check_results_path(annotations, out, resume, overwrite)
     if not images_dir.is_dir():
         raise InputFileError(f"images folder {images_dir} does not exist")
-    state = accelerator or PartialState()
+    state.wait_for_everyone()  # every process has checked before the main one creates the parts folder
     report = BuildReport(split="predictions")
     coco = _read_coco_file(annotations)
     images = {image["id"]: image for image in coco["images"] if isinstance(image, dict) and _hashable(image.get("id"))}

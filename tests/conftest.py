@@ -48,9 +48,11 @@ def _structure(backbone: str) -> tuple[bool, int]:
 _STRUCTURES = {backbone: _structure(backbone) for backbone in BACKBONES}
 # Vision Transformers: built for SIZE x SIZE photos in the tests (img_size), their merges are into tokens.
 TOKEN_BACKBONES = tuple(backbone for backbone, (tokens, _) in _STRUCTURES.items() if tokens)
-# Backbones of over 100M parameters (the ViT-L towers): the same code as a smaller member of their family, but
-# seconds to build; the default tier checks their config and wiring on the meta device, the second tier the rest.
+# Backbones of over 100M parameters (the ViT-L towers): the same code as a smaller member of their family (ViT-B/16
+# CLIP's, which runs every test), but seconds to build; the default tier checks their config and wiring on the meta
+# device, the second tier runs the registry-wide tests on their Alpha-CLIP variant and their wiring at l1 and l3.
 HEAVY_BACKBONES = tuple(backbone for backbone, (_, size) in _STRUCTURES.items() if size > 100_000_000)
+HEAVY_VARIANTS = ("add_l1",)
 ATTENTION_MODELS = [name for name in ALL_MODELS if VARIANTS[variant_of(name)].merge in ("add", "mul")]
 # One small CNN backbone of each family, for the slower checks.
 SMALL_MODELS = [name for name in ALL_MODELS if backbone_of(name) in ("resnet18", "tf_efficientnet_lite0")]
@@ -71,8 +73,13 @@ def in_tier_one(name: str) -> bool:
 
 
 def tiered(names: list[str]) -> list:
-    """Registry model names as test parameters, those outside the default tier marked slow."""
-    return [name if in_tier_one(name) else pytest.param(name, marks=pytest.mark.slow) for name in names]
+    """Registry model names as test parameters, those outside the default tier marked slow (of a heavy backbone,
+    only its HEAVY_VARIANTS)."""
+    return [
+        name if in_tier_one(name) else pytest.param(name, marks=pytest.mark.slow)
+        for name in names
+        if backbone_of(name) not in HEAVY_BACKBONES or variant_of(name) in HEAVY_VARIANTS
+    ]
 
 
 def tiered_backbones(backbones: list[str]) -> list:

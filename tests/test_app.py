@@ -29,6 +29,7 @@ from roi_attention.app import (
     NO_MODEL,
     QUEUE_SIZE,
     AppModel,
+    OutputFiles,
     build_app,
     painted_regions,
 )
@@ -247,6 +248,17 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(served, exampl
 def test_the_queue_is_bounded():
     app = build_app({})
     assert app._queue.max_size == QUEUE_SIZE and LAUNCH_OPTIONS["show_error"] is False
+
+
+def test_answer_pictures_are_removed_by_a_timer_when_no_request_comes(tmp_path):
+    outputs = OutputFiles(tmp_path / "answers", keep_s=0.4)
+    first = Path(outputs.save(Image.new("RGB", (8, 8))))
+    time.sleep(0.1)
+    assert first.is_file()  # kept for keep_s
+    deadline = time.monotonic() + 5
+    while first.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not first.exists() and not list((tmp_path / "answers").iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from roi_attention.layers import resize_mask
 from roi_attention.models import BACKBONES, RoiAttentionNet, WiringError
 from roi_attention.models.walk import _randomise, resolve_walk
 
-from .conftest import TOKEN_BACKBONES, tiered_backbones
+from .conftest import HEAVY_BACKBONES, TOKEN_BACKBONES, tiered_backbones
 
 SIZE = 96  # inception_v3 needs more than 75 pixels
 # Small members of timm CNN families beyond the registry's; the expected refusals say why they cannot take the mask.
@@ -121,22 +121,21 @@ def test_timm_cnn_families_are_wired_right_or_refused(backbone):
 
 @pytest.mark.parametrize("backbone", tiered_backbones(list(BACKBONES)))
 def test_every_registry_backbone_is_wired_right(backbone):
-    for at in ("l1", "l3", "all"):
+    # A ViT-L's 25 merge points of `all` are ViT-B's 13 in a longer loop (and its walk is verified by value)
+    for at in ("l1", "l3") if backbone in HEAVY_BACKBONES else ("l1", "l3", "all"):
         _check_wiring(backbone, at)
 
 
-@pytest.mark.parametrize("backbone", tiered_backbones(list(BACKBONES)))
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_a_model_built_on_the_meta_device_reuses_the_walk_derived_on_the_cpu(backbone):
-    size = {"img_size": SIZE} if backbone in TOKEN_BACKBONES else {}
     for at in ("l1", "l3", "all"):
         with torch.device("meta"):
-            meta = RoiAttentionNet(backbone, f"mul_{at}", num_classes=3, **size)
+            meta = RoiAttentionNet(backbone, f"mul_{at}", num_classes=3)
         assert next(meta.parameters()).device.type == "meta"
         # one verification, by value on the CPU, whatever the device the model is built on
-        assert meta.walk_steps == resolve_walk(backbone, at, dict(size, in_chans=3)).steps
-        assert meta.merge_points == [
-            (name, channels) for name, channels in resolve_walk(backbone, at, dict(size, in_chans=3)).merges
-        ]
+        walk = resolve_walk(backbone, at, dict(in_chans=3))
+        assert meta.walk_steps == walk.steps
+        assert meta.merge_points == [(name, channels) for name, channels in walk.merges]
 
 
 def test_building_a_model_draws_the_same_weights_whether_its_walk_is_known_or_not():

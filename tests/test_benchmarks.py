@@ -38,6 +38,16 @@ def test_region_memory_benchmark_runs():
 
 
 @pytest.mark.slow
+def test_app_load_benchmark_runs_and_answers_every_request_of_two_clients():
+    pytest.importorskip("gradio", reason="the app extra is not installed")
+    printed = _run("app_load.py", "--clients", "2", "--seconds", "8", "--side", "300", "--keep-seconds", "5")
+    counts = re.search(r"^answered: (\d+)$", printed, re.M)  # two clients never fill the queue, nothing fails
+    assert counts and int(counts.group(1)) >= 2, printed
+    assert re.search(r"latency of the answered: p50 [\d.]+ s, p95 [\d.]+ s", printed), printed
+    assert re.search(r"^1 \| \d+ \| [\d.]+$", printed, re.M), printed
+
+
+@pytest.mark.slow
 def test_roi_overhead_benchmark_runs():
     out = _run(
         "roi_overhead.py",

@@ -237,6 +237,37 @@ def test_five_thousand_regions_of_one_photo_take_no_more_memory_than_ten(shared_
     assert _peak_mb(runs[5000]) - _peak_mb(runs[10]) < 120, (_peak_mb(runs[10]), _peak_mb(runs[5000]))
 
 
+def test_the_regions_of_a_16_megapixel_photo_cost_their_masks_and_one_copy(model_dir, tmp_path):
+    """24 regions of a 4000x4000 photo, each too small for the 64x64 input (it vanishes when shrunk and is
+    max-pooled), against one such region, the model loaded in both runs: each further region costs its decoded mask
+    and one stacked copy, one byte a pixel each (measured: +0.7 GB for the 23 more, the bound 0.8 GB). Before, the
+    stack was resized whole and went float32 whole when a mask vanished: +3.5 GB."""
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    side = 4000
+    ramp = np.linspace(0, 255, side, dtype=np.float32).astype(np.uint8)
+    Image.fromarray(np.stack(np.broadcast_arrays(ramp[None], ramp[:, None], ramp[None]), -1)).save(
+        images_dir / "big.png", compress_level=1
+    )
+    runs = {}
+    for count in (1, 24):
+        boxes = [(100 + 150 * i, 200 + 120 * i) for i in range(count)]
+        annotations = [
+            dict(id=i, image_id=1, segmentation=[[x, y, x + 3, y, x + 3, y + 3, x, y + 3]])
+            for i, (x, y) in enumerate(boxes)
+        ]
+        coco = _coco(images_dir, [dict(id=1, file_name="big.png", width=side, height=side)], annotations,
+                     tmp_path / f"regions{count}.json")  # fmt: skip
+        out = tmp_path / f"predictions{count}.json"
+        runs[count] = _run("predict", "--model", str(model_dir), "--coco-annotations", str(coco),
+                           "--images", str(images_dir), "--out", str(out), memory_gb=16)  # fmt: skip
+        assert runs[count].returncode == 0, runs[count].stderr[-3000:]
+        assert len(json.loads(out.read_text())) == count
+    added = _peak_mb(runs[24]) - _peak_mb(runs[1])
+    print(f"peak RSS: one region {_peak_mb(runs[1])} MB, 24 regions {_peak_mb(runs[24])} MB")
+    assert added < 23 * 2 * side * side / 2**20 * 1.1, (_peak_mb(runs[1]), _peak_mb(runs[24]))
+
+
 def test_a_hostile_coco_file_gives_counted_skips_when_building_a_dataset(photos, tmp_path):
     images_dir = tmp_path / "images"
     images_dir.mkdir()
@@ -269,10 +300,10 @@ def test_a_hostile_coco_file_gives_counted_skips_when_building_a_dataset(photos,
 def test_fuzzed_polygons_and_rle_give_a_clear_error_or_the_right_mask():
     """Hypothesis over polygons and RLE (tests/fuzz_segmentation.py) in a subprocess with a memory limit."""
     script = REPO / "tests" / "fuzz_segmentation.py"
-    command = f"ulimit -v {6 * 1024 * 1024}; {_quote(sys.executable)} {_quote(str(script))} 400"
+    command = f"ulimit -v {6 * 1024 * 1024}; {_quote(sys.executable)} {_quote(str(script))} 250"
     run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-3000:])
-    assert run.stdout.count("no crash") == 4
+    assert run.stdout.count("no crash") == 6
 
 
 def test_a_segmentation_of_too_many_polygons_or_points_is_refused_before_pycocotools_merges_it():

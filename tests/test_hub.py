@@ -416,10 +416,11 @@ def test_a_real_size_model_goes_through_lfs_both_ways(hub, big_model, tmp_path):
     pointer = git(published, "show", "HEAD:model.safetensors")
     assert pointer == f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}"
     assert _sha256(lfs_object_path(published, oid)) == oid
-    # The pushing process never held the file (let alone twice): the weights stream from disk.
+    # The pushing process never held the file: the weights stream from disk, one 32 MB part at a time (the rest of
+    # the peak is the check of the folder: the architecture's walk, verified on a small random copy).
     added_mb = pushed["peak_mb"] - pushed["before_mb"]
     print(f"push of {size / 1e6:.0f} MB: {pushed['seconds']:.1f} s, peak memory +{added_mb:.0f} MB")
-    assert added_mb < 0.5 * size / 2**20, pushed
+    assert added_mb < 0.75 * size / 2**20, pushed
 
     # Pulled by hf-hub id and by the registry tag, bit for bit; then again offline from the cache.
     specs = {f"hf-hub:{repo}": big_model, "roi_resnet50_add_l1.coco": big_model}

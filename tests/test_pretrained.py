@@ -52,6 +52,34 @@ def test_a_new_class_count_reinitialises_only_the_head(resnet18_file):
     assert torch.equal(model.backbone.layer4[1].conv2.weight, plain.layer4[1].conv2.weight)
 
 
+def test_a_checkpoint_without_a_classifier_loads_into_a_model_with_one(tmp_path):
+    """DINOv2's weights have no head (num_classes 0): a model with classes gets timm's fresh head, no error."""
+    torch.manual_seed(4)
+    plain = timm.create_model("vit_small_patch14_reg4_dinov2", img_size=70).eval()
+    assert plain.num_classes == 0
+    path = tmp_path / "dinov2.safetensors"
+    save_file(plain.state_dict(), str(path))
+    overlay = dict(file=str(path))
+    model = timm.create_model(
+        "roi_vit_small_patch14_reg4_dinov2_add_l1",
+        pretrained=True,
+        num_classes=5,
+        img_size=70,
+        pretrained_cfg_overlay=overlay,
+    )
+    assert model.get_classifier().out_features == 5
+    assert torch.equal(model.backbone.blocks[11].mlp.fc2.weight, plain.blocks[11].mlp.fc2.weight)
+    # Where the class counts agree, a checkpoint without its classifier is a wrong file.
+    headless = {k: v for k, v in timm.create_model("resnet18").state_dict().items() if not k.startswith("fc.")}
+    save_file(headless, str(tmp_path / "headless.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match=r"2 missing \(first: backbone.fc.weight"):
+        timm.create_model(
+            "roi_resnet18_add_l1",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(tmp_path / "headless.safetensors")),
+        )
+
+
 def test_hub_weights_unavailable_offline_name_the_tag_and_the_alternatives(tmp_path):
     with pytest.raises(PretrainedWeightsError) as info:
         timm.create_model("roi_resnet18_add_l1", pretrained=True, cache_dir=tmp_path)

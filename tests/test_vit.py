@@ -17,7 +17,6 @@ from .conftest import (
     random_image,
     randomize_side_branch,
     tiered,
-    tiered_backbones,
     variant_of,
 )
 
@@ -31,7 +30,7 @@ def patch_of(name: str) -> int:
         return timm.create_model(backbone_of(name)).patch_embed.patch_size[0]
 
 
-@pytest.mark.parametrize("backbone", tiered_backbones(list(TOKEN_BACKBONES)))
+@pytest.mark.parametrize("backbone", TOKEN_BACKBONES)
 def test_merge_points_are_the_patch_embedding_three_quarters_and_every_block(backbone):
     with torch.device("meta"):
         plain = timm.create_model(backbone)

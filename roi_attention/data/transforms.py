@@ -54,13 +54,16 @@ class RoiResize(v2.Transform):
         if isinstance(inpt, tv_tensors.Mask):
             # nearest-exact samples each output pixel at its centre, as the image resize does (plain nearest
             # samples its corner and shifts the mask by half an output pixel).
-            resized = TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
-            lost = resized.flatten(-2).amax(-1) == 0
-            if bool(lost.any()):
-                covered = F.adaptive_max_pool2d(inpt.reshape(-1, 1, *inpt.shape[-2:]).float(), params["size"])
-                covered = covered.reshape(resized.shape).to(resized.dtype)
-                resized = tv_tensors.wrap(torch.where(lost[..., None, None], covered, resized), like=resized)
-            return resized
+            # One mask at a time (resize copies its input whole: at 16 Mpx, 16 MB a mask).
+            sources = inpt.as_subclass(Tensor).reshape(-1, *inpt.shape[-2:])
+            targets = torch.empty((len(sources), *params["size"]), dtype=inpt.dtype)
+            for source, target in zip(sources, targets, strict=True):
+                target.copy_(
+                    TF.resize(source[None], params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
+                )
+                if not bool(target.any()) and bool(source.any()):  # too small for the new size: max-pooled
+                    target.copy_(F.adaptive_max_pool2d(source[None].float(), params["size"])[0].to(target.dtype))
+            return tv_tensors.wrap(targets.reshape(*inpt.shape[:-2], *params["size"]), like=inpt)
         return TF.resize(inpt, params["size"], interpolation=self.interpolation, antialias=True)
 
 
@@ -155,6 +158,10 @@ def prepare_regions(photo: np.ndarray, masks: Sequence[np.ndarray], data_config:
     """The packed model input ``(N,4,H,W)`` for one ``(H,W,3)`` uint8 photo and its ``(H,W)`` masks (non-zero =
     region): the image as ``timm.data.create_transform(**data_config)`` gives it, each mask at its place."""
     image = tv_tensors.Image(torch.from_numpy(np.array(photo, order="C")).permute(2, 0, 1))  # a writable copy
-    stacked = tv_tensors.Mask(torch.from_numpy(np.stack([np.asarray(m) != 0 for m in masks])).to(torch.uint8))
+    masks = [np.asarray(m) for m in masks]
+    regions = np.empty((len(masks), *(masks[0].shape if masks else photo.shape[:2])), np.bool_)
+    for region, mask in zip(regions, masks, strict=True):
+        np.not_equal(mask, 0, out=region)  # one byte a pixel, no intermediate copy
+    stacked = tv_tensors.Mask(torch.from_numpy(regions).view(torch.uint8))
     image, stacked = eval_transform(data_config)(image, stacked)
     return pack(image.as_subclass(Tensor), stacked.as_subclass(Tensor))

@@ -721,7 +721,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) 
     """Accept a full ROI model state dict, or a plain backbone one (the side branch keeps its init).
 
     Raises a short ``ValueError`` naming the first missing, unexpected and misshapen tensors when the
-    weights do not fit the architecture (the classifier may differ or be absent: timm re-initialises or drops it;
+    weights do not fit the architecture (the classifier may differ, or be absent where the class count differs:
+    timm re-initialises or drops it;
     the first conv's input channels may differ: timm adapts them to ``in_chans``).
     """
     if not any(key.startswith(("backbone.", "roi_branch.")) for key in state_dict):
@@ -741,8 +742,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: RoiAttentionNet) 
             return True
         return key == first_conv and value.shape[0] == expected[key].shape[0] and model.in_chans != value.shape[1]
 
+    # A checkpoint for another class count (or none: DINOv2's) has its classifier left out; timm initialises it.
+    new_head = heads and model.num_classes != model.pretrained_cfg.get("num_classes")
     problems = {
-        "missing": [key for key in expected if key not in state_dict],
+        "missing": [key for key in expected if key not in state_dict and not (new_head and key.startswith(heads))],
         "unexpected": [key for key in state_dict if key not in expected and not (heads and key.startswith(heads))],
         "misshapen": [
             f"{key} {tuple(value.shape)} != {tuple(expected[key].shape)}"

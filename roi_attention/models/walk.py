@@ -175,7 +175,8 @@ def resolve_walk(backbone_name: str, at: str, backbone_kwargs: dict[str, Any]) -
     on the meta device (no memory, as timm's config checks and ``roi-attention push`` build them) reuses it.
     """
     kwargs = {k: v for k, v in backbone_kwargs.items() if k not in _ARGS_WITHOUT_EFFECT_ON_FEATURES}
-    key = (backbone_name, at, repr(sorted(kwargs.items())))
+    # A Vision Transformer's walk does not depend on its number of patches (it is verified on a 3x3 grid)
+    key = (backbone_name, at, repr(sorted((k, v) for k, v in kwargs.items() if k != "img_size")))
     with _walks_lock:
         if key not in _walks:
             # Drawn from its own random stream: building a model gives the same weights whether its walk was
@@ -445,29 +446,47 @@ def _probe_size(backbone: nn.Module) -> tuple[int, int]:
 _BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+# A weight tensor of the verification copy is a window of a shared random pool, each row shifted by this many
+# elements from the one before: random-looking weights, no two rows alike, in memory that does not grow with the
+# backbone (a ViT-L's 1.2 GB of weights would be drawn, and held, for every walk derived).
+_ROW_SHIFT = 7
+
+
 def _random_copy(backbone_name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """A float32 copy of the backbone on the CPU with random weights for the verification: drawn directly rather
-    than by the family's initialisation (seconds for a ViT-L), unless it has buffers other than batch-norm
-    statistics (index tables, which only its own construction fills)."""
+    """A float32 copy of the backbone on the CPU with random weights for the verification, its matrices and kernels
+    overlapping windows of one random pool per scale; built by the family's initialisation instead where it has
+    buffers other than batch-norm statistics (index tables, which only its own construction fills)."""
     with torch.device("meta"):
         backbone = timm.create_model(backbone_name, pretrained=False, **kwargs)
     if any(not name.endswith(_BATCH_NORM_STATISTICS) for name, _ in backbone.named_buffers()):
-        backbone = timm.create_model(backbone_name, pretrained=False, **kwargs)
-    else:
-        backbone = backbone.to_empty(device="cpu")
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, parameter in backbone.named_parameters():
-                if parameter.ndim <= 1 and name.endswith(("weight", "gamma", "scale")):  # norms, layer scales
-                    parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
-                elif parameter.ndim <= 1:
-                    parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-                else:
-                    fan_in = parameter[0].numel() if parameter.ndim in (2, 4) else parameter.shape[-1]
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
-            for buffer in backbone.buffers():
-                buffer.zero_()  # the statistics are drawn by _randomise
-    backbone = backbone.float().eval()
+        backbone = timm.create_model(backbone_name, pretrained=False, **kwargs).float().eval()
+        _randomise(backbone)
+        return backbone
+    generator = torch.Generator().manual_seed(0)
+    windows: list[tuple[nn.Module, str, tuple[int, ...], int, int]] = []  # module, name, shape, fan-in, span
+    for module in backbone.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            shape = tuple(parameter.shape)
+            if parameter.ndim <= 1 or parameter[0].numel() == 0:
+                weight = name.endswith(("weight", "gamma", "scale"))  # norms and layer scales about 1
+                values = (1.0 if weight else 0.0) + 0.1 * torch.randn(shape, generator=generator)
+                module._parameters[name] = nn.Parameter(values, requires_grad=False)
+                continue
+            fan_in = parameter[0].numel() if parameter.ndim in (2, 4) else shape[-1]
+            windows.append((module, name, shape, fan_in, _ROW_SHIFT * (shape[0] - 1) + parameter[0].numel()))
+    pools = {}
+    for fan_in in sorted({window[3] for window in windows}):
+        span = max(window[4] for window in windows if window[3] == fan_in)
+        pools[fan_in] = torch.randn(2 * span, generator=generator) / fan_in**0.5
+    for module, name, shape, fan_in, span in windows:
+        offset = int(torch.randint(0, span + 1, (), generator=generator))
+        inner = torch.empty(shape[1:], device="meta").stride()
+        view = pools[fan_in].as_strided(shape, (_ROW_SHIFT, *inner), offset)
+        module._parameters[name] = nn.Parameter(view, requires_grad=False)
+    for module in backbone.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = torch.zeros(buffer.shape, dtype=buffer.dtype)  # statistics: drawn by _randomise
+    backbone.eval()
     _randomise(backbone)
     return backbone
 
