@@ -175,7 +175,11 @@ def render_predictions(
         _fitted_text(legend, renderer, 44, top + 16, best, total_width - 12, points[0], "bold", "black")
         _fitted_text(legend, renderer, 44, top + 42, others, total_width - 12, points[1], "normal", "dimgray")
     canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    picture = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    # A figure is a web of reference cycles that only the cyclic collector frees, whenever it next runs: cleared
+    # here, its images and contours go now (the app grew by 0.4 GB a 16 Mpx request without it).
+    figure.clear()
+    return picture
 
 
 def _fitted_text(axis, renderer, x, y, parts, right, size, weight, colour) -> None:

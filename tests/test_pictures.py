@@ -122,3 +122,31 @@ def test_drawing_leaves_the_callers_matplotlib_as_it_was(tmp_path):
     finally:
         plt.close("all")
         plt.switch_backend(before)
+
+
+def test_a_rendered_picture_leaves_nothing_for_the_cyclic_collector():
+    """The app renders a picture a request, in worker threads where the cyclic collector runs seldom: a figure's
+    arrays held in its reference cycles piled up (375 MB after three 2000x2000 renders here; 0.4 GB a 16 Mpx
+    request in the app)."""
+    import gc
+    import tracemalloc
+
+    photo = np.zeros((2000, 2000, 3), np.uint8)
+    masks = []
+    for index in range(8):
+        mask = np.zeros((2000, 2000), np.uint8)
+        mask[200 * index : 200 * index + 150, 100:600] = 1
+        masks.append(mask)
+    predictions = [[dict(label="a", index=0, probability=1.0)]] * len(masks)
+    render_predictions(photo, masks, predictions)  # imports and font caches first
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            render_predictions(photo, masks, predictions)
+        held_mb = tracemalloc.get_traced_memory()[0] / 2**20
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held_mb < 20, held_mb
