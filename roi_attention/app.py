@@ -74,6 +74,8 @@ class AppModel:
         architecture = self.model.pretrained_cfg.get("architecture", "")
         kind = f" (`{architecture}`)" if architecture and architecture not in name else ""
         served = f"; served {self.runner.precision} on {self.runner.runtime}" if self.runner else ""
+        if self.runner is not None and self.runner.int8_agreement is not None:
+            served += f" ({self.runner.int8_agreement})"
         return f"- **{name}**{kind}: {known}; sees the photo at {size}; trained on {self.trained_on}{served}."
 
 

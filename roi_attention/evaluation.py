@@ -133,7 +133,7 @@ def evaluate_models(
         entry: dict[str, Any] = dict(
             architecture=model.pretrained_cfg.get("architecture"),
             num_classes=model.num_classes,
-            serving=dict(precision=runner.precision, runtime=runner.runtime),
+            serving=runner.describe(),
             probes={},
         )
         for probe in PROBES if probes else ("true",):
