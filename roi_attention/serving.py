@@ -4,6 +4,7 @@ Runtime): one ``RegionRunner`` that ``predict``, ``eval`` and the app classify t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -136,7 +137,7 @@ class RegionRunner:
         if self.int8_agreement is not None:
             agreement = self.int8_agreement
             described["int8_agreement"] = dict(
-                agreement.__dict__,
+                dataclasses.asdict(agreement),
                 overall=agreement.overall if agreement.regions else None,
                 where_sure=agreement.where_sure if agreement.sure else None,
             )
@@ -605,7 +606,7 @@ class GraphCacheEntry:
                 partial.touch(mode=0o600)
                 partial.write_bytes(graph)
             record = dict(sha256=hashlib.sha256(graph).hexdigest(), recipe=GRAPH_RECIPE)
-            record["int8_agreement"] = agreement.__dict__ if agreement is not None else None
+            record["int8_agreement"] = dataclasses.asdict(agreement) if agreement is not None else None
             write_whole(self.folder / "entry.json", json.dumps(record))
             os.chmod(self.folder / "entry.json", 0o600)
             self.cache.prune()
