@@ -2,14 +2,15 @@
 
 import copy
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Converted weights go to a fresh folder, never the user's cache.
-os.environ["ROI_ATTENTION_CACHE"] = tempfile.mkdtemp(prefix="roi-attention-test-cache-")
-
-from pathlib import Path
+# The session's caches (converted weights, exported graphs, the Hub's downloads of subprocesses) go to one fresh
+# folder, never the user's cache, removed when the session ends.
+os.environ["ROI_ATTENTION_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="roi-attention-tests-"), "cache")
 
 import pytest
 import timm
@@ -19,6 +20,9 @@ import roi_attention  # noqa: F401  (registers the models)
 from roi_attention.models import BACKBONES, VARIANTS, model_cfgs
 from roi_attention.models.walk import family_of
 
+from .folder_cleanup import pytest_runtest_makereport, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401
+
+SESSION_SCRATCH = Path(os.environ["ROI_ATTENTION_CACHE"]).parent
 ALL_MODELS = timm.list_models("roi_*")
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SIZE = 64
@@ -141,6 +145,10 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         files.setdefault(str(item.path), []).append(item)
     items[:] = [item for group in files.values() for item in sorted(group, key=model_index)]
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(SESSION_SCRATCH, ignore_errors=True)
 
 
 def train_with_frozen_batch_norm(model: torch.nn.Module) -> torch.nn.Module:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from roi_attention.models import VARIANTS
 from roi_attention.train import DrawSampler, build_optimizer, build_scheduler, load_config
 from roi_attention.train.config import ConfigError
 
+from .conftest import SESSION_SCRATCH
 from .data_fixtures import write_coco_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 # The package's loop with the tests' probes (per-rank logs, SIGKILL at a step) given through its step callback.
 TRAIN = Path(__file__).with_name("train_probe.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": tempfile.mkdtemp()}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(SESSION_SCRATCH / "hub")}
 
 
 @pytest.fixture(scope="module")
