@@ -38,6 +38,37 @@ def paired_medians(functions: dict[str, Callable[[], object]], repeats: int = 5,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def paired_ratios(
+    functions: dict[str, Callable[[], object]], reference: str, rounds: int = 15, warmup: int = 2, seed: int = 0
+) -> dict[str, list[float]]:
+    """Each function's time over the ``reference`` function's, one ratio per round; every round runs all of them
+    once, in a random order, so drift and the order's own effect fall on all alike."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    rng = np.random.default_rng(seed)
+    names = list(functions)
+    ratios: dict[str, list[float]] = {name: [] for name in names if name != reference}
+    for _ in range(rounds):
+        times = {}
+        for index in rng.permutation(len(names)):
+            start = time.perf_counter()
+            functions[names[index]]()
+            times[names[index]] = time.perf_counter() - start
+        for name in ratios:
+            ratios[name].append(times[name] / times[reference])
+    return ratios
+
+
+def median_interval(values: list[float], confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple:
+    """The median of ``values`` and a bootstrap percentile interval for it: ``(median, low, high)``."""
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(data, size=(resamples, data.size), replace=True), axis=1)
+    tail = 100 * (1 - confidence) / 2
+    return float(np.median(data)), float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """A practical peak: GFLOP/s of a large float32 matmul on this machine."""
     a = torch.randn(size, size)

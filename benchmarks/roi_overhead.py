@@ -1,28 +1,32 @@
 """What the ROI side branch costs: every roi_{backbone}_* variant against the plain timm backbone.
 
-    python benchmarks/roi_overhead.py                    # resnet50, batch 8, 224x224
-    python benchmarks/roi_overhead.py --backbone resnet18 --size 64 --batch 2 --repeats 2 --variants add_l1
+    python benchmarks/roi_overhead.py                    # every roi_resnet50_*, batch 8, 224x224
+    python benchmarks/roi_overhead.py --backbones resnet50 tf_efficientnet_lite0 --shapes 8x160 1x224 \
+        --variants add_l1 --modes infer --pairs 61 --target 1.02 --no-memory
 
-Inference (inference_mode) and one training step (forward, backward, SGD step), medians over repeats with
-the ROI model and the plain backbone interleaved; ratios pair by pair. Also with the input value checks off
-(check_inputs=False) to show what the checks cost. Peak memory: each configuration in a fresh process,
-peak RSS above the process's RSS after building the model.
+Inference (inference_mode) and one training step (forward, backward, SGD step). Every round runs the plain
+backbone, the ROI model and the ROI model with its input value checks off (check_inputs=False) once each, in a
+random order; the ratio ROI / plain is taken within each round, and its median is given with a 95% bootstrap
+interval over the rounds: a target is met where the interval's upper end is below it. Peak memory: each
+configuration in a fresh process, peak RSS above the process's RSS after building the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, paired_medians
+from common import machine, median_interval, paired_ratios
 
 import roi_attention
 
@@ -88,61 +92,63 @@ def rss_mib(field: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--backbones", nargs="*", default=["resnet50"])
     parser.add_argument("--variants", nargs="*", default=list(roi_attention.VARIANTS))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", nargs="*", default=["8x224"], help="BATCHxSIZE, e.g. 8x160 1x224")
+    parser.add_argument("--modes", nargs="*", choices=["infer", "train"], default=["infer", "train"])
+    parser.add_argument("--pairs", type=int, default=15, help="rounds, each timing every configuration once")
+    parser.add_argument("--target", type=float, default=1.03, help="time ratio to judge against")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes]
     torch.manual_seed(0)
-    print(
-        f"machine: {machine()}; {args.backbone}, batch {args.batch}, {args.size}x{args.size}, medians of {args.repeats}"
-    )
-    plain = build(args.backbone)
-    memory = {}
-    if not args.no_memory:
-        memory = {train: peak_memory_mib(args.backbone, args.batch, args.size, train) for train in (False, True)}
-    header = f"{'variant':16} {'infer s':>8} {'ratio':>6} {'no-check':>8} {'train s':>8} {'ratio':>6} {'no-check':>8}"
-    header += "" if args.no_memory else f" {'mem inf':>8} {'mem train':>9}"
+    print(f"machine: {machine()}; {args.pairs} rounds, ratios ROI / plain backbone: median [95% interval]")
+    header = f"{'backbone':22} {'shape':7} {'variant':15} {'mode':5} {'roi s':>7} {'ratio [interval]':>22}"
+    header += f" {'no-check [interval]':>22}" + ("" if args.no_memory else f" {'memory':>7}")
     print(header)
     rows = []
-    for variant in args.variants:
-        name = f"roi_{args.backbone}_{variant}"
-        row = dict(variant=variant)
-        for train in (False, True):
+    for backbone, (batch, size) in itertools.product(args.backbones, shapes):
+        plain = build(backbone)
+        memory = {}
+        if not args.no_memory:
+            memory = {mode: peak_memory_mib(backbone, batch, size, mode == "train") for mode in args.modes}
+        for variant, mode in itertools.product(args.variants, args.modes):
+            name = f"roi_{backbone}_{variant}"
             roi, roi_unchecked = build(name), build(name, check_inputs=False)
-            x_roi, x_plain = inputs(name, args.batch, args.size), inputs(args.backbone, args.batch, args.size)
-            times = paired_medians(
+            x_roi, x_plain = inputs(name, batch, size), inputs(backbone, batch, size)
+            train = mode == "train"
+            start = time.perf_counter()
+            step_fn(roi, x_roi, train)()
+            seconds = time.perf_counter() - start
+            ratios = paired_ratios(
                 {
                     "plain": step_fn(plain, x_plain, train),
                     "roi": step_fn(roi, x_roi, train),
                     "unchecked": step_fn(roi_unchecked, x_roi, train),
                 },
-                repeats=args.repeats,
+                reference="plain",
+                rounds=args.pairs,
             )
-            key = "train" if train else "infer"
-            row[f"{key}_s"] = times["roi"]
-            row[f"{key}_ratio"] = times["roi"] / times["plain"]
-            row[f"{key}_ratio_unchecked"] = times["unchecked"] / times["plain"]
+            ratio, unchecked = median_interval(ratios["roi"]), median_interval(ratios["unchecked"])
+            row = dict(backbone=backbone, batch=batch, size=size, variant=variant, mode=mode, roi_s=seconds)
+            row.update(ratio=ratio, ratio_unchecked=unchecked, met=ratio[2] < args.target)
+            line = f"{backbone:22} {f'{batch}x{size}':7} {variant:15} {mode:5} {seconds:7.3f} "
+            line += f"{_interval(ratio):>22} {_interval(unchecked):>22}"
             if memory:
-                row[f"{key}_memory_ratio"] = peak_memory_mib(name, args.batch, args.size, train) / memory[train]
-        line = (
-            f"{variant:16} {row['infer_s']:8.3f} {row['infer_ratio']:6.3f} {row['infer_ratio_unchecked']:8.3f} "
-            f"{row['train_s']:8.3f} {row['train_ratio']:6.3f} {row['train_ratio_unchecked']:8.3f}"
-        )
-        if memory:
-            line += f" {row['infer_memory_ratio']:8.3f} {row['train_memory_ratio']:9.3f}"
-        print(line, flush=True)
-        rows.append(row)
-    print(
-        "ratios are ROI model / plain backbone on the same input; targets for _l1 and _l3: time <= 1.03, "
-        "peak memory <= 1.05"
-    )
+                row["memory_ratio"] = peak_memory_mib(name, batch, size, train) / memory[mode]
+                line += f" {row['memory_ratio']:7.3f}"
+            print(line, flush=True)
+            rows.append(row)
+    met = [f"{r['variant']} {r['mode']} {r['backbone']} {r['batch']}x{r['size']}" for r in rows if r["met"]]
+    print(f"time ratio <= {args.target} met (interval below it): {', '.join(met) if met else 'none'}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(machine=machine(), args=vars(args), rows=rows), indent=2))
     return 0
+
+
+def _interval(values: tuple[float, float, float]) -> str:
+    return f"{values[0]:.3f} [{values[1]:.3f}, {values[2]:.3f}]"
 
 
 if __name__ == "__main__":

@@ -51,18 +51,26 @@ def test_app_load_benchmark_runs_and_answers_every_request_of_two_clients():
 def test_roi_overhead_benchmark_runs():
     out = _run(
         "roi_overhead.py",
-        "--backbone",
-        "resnet18",
-        "--size",
-        "64",
-        "--batch",
-        "2",
-        "--repeats",
-        "1",
-        "--variants",
-        "add_l1",
+        *("--backbones", "resnet18", "--shapes", "2x64", "--pairs", "3", "--variants", "add_l1", "--target", "9"),
     )
-    assert re.search(r"^add_l1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    interval = r"([\d.]+) \[([\d.]+), ([\d.]+)\]"
+    row = re.search(rf"^resnet18 +2x64 +add_l1 +infer +[\d.]+ +{interval} +{interval} +[\d.]+$", out, re.M)
+    assert row, out
+    median, low, high = map(float, row.groups()[:3])
+    assert low <= median <= high, out
+    met = r"^time ratio <= 9.0 met \(interval below it\): add_l1 infer resnet18 2x64, add_l1 train resnet18 2x64$"
+    assert re.search(met, out, re.M), out
+
+
+def test_median_interval_is_the_median_and_a_bootstrap_interval_around_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from common import median_interval
+
+    values = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.3]
+    median, low, high = median_interval(values)
+    assert median == 1.05  # the middle of the seven
+    assert min(values) <= low < median < high <= max(values)
+    assert median_interval([2.0] * 5) == (2.0, 2.0, 2.0)
 
 
 @pytest.mark.slow

@@ -400,3 +400,55 @@ def test_feature_info_follows_pruning(name):
     assert [f.shape[1] for f in features] == [model.feature_info[i]["num_chs"] for i in kept]
     # every merge point left follows a stage still there
     assert all(key in model.roi_branch for key in {step.merge for step in model.walk_steps if step.merge})
+
+
+# The add merge of CNNs in eager inference is a batched product added into the features (written in place where the
+# walk made them); every other path is the conv and the sum. The product against the conv, in both memory layouts.
+ADD_CNN_MODELS = [name for name in CNN_MODELS if VARIANTS[variant_of(name)].merge == "add"]
+PATCH_PRODUCT_TIER_ONE = ("roi_resnet18_add_all", "roi_tf_efficientnet_lite0_add_l1", "roi_convnext_atto_add_l3")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in PATCH_PRODUCT_TIER_ONE else pytest.param(n, marks=pytest.mark.slow) for n in ADD_CNN_MODELS]
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_merge_by_patches_equals_the_conv_and_writes_only_its_own(name, channels_last):
+    model = make_model(name)
+    randomize_side_branch(model)
+    image, mask = random_image(batch=3), box_mask(batch=3)
+    mask[1] = 0
+    mask[1, :, 33, 17] = 1  # one pixel
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    image_before, mask_before = image.clone(), mask.clone()
+    with torch.enable_grad():  # autograd on: the conv and the sum
+        logits = model(image, mask=mask).detach()
+        features = [f.detach() for f in model.forward_intermediates(image, mask=mask, intermediates_only=True)]
+        regions = model.forward_regions(image[0], mask).detach()
+    with torch.no_grad():
+        assert torch.allclose(model(image, mask=mask), logits, atol=1e-4, rtol=1e-4)
+        # the intermediates handed out are not written by the steps after them
+        inference = model.forward_intermediates(image, mask=mask, intermediates_only=True)
+        for got, expected in zip(inference, features, strict=True):
+            assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+        # the regions of one photo share the trunk (expanded, never written)
+        assert torch.allclose(model.forward_regions(image[0], mask), regions, atol=1e-4, rtol=1e-4)
+    assert torch.equal(image, image_before) and torch.equal(mask, mask_before)
+
+
+def test_a_hook_sees_the_features_the_add_merge_was_given_unwritten():
+    model = make_model("roi_resnet18_add_l1")
+    randomize_side_branch(model)
+    image, mask = random_image(), box_mask()
+    with torch.no_grad():
+        stem = model.backbone.conv1(image)
+    seen = {}
+    for module, key in ((model.backbone.conv1, "conv1 output"), (model.roi_branch["conv1"], "merge input")):
+        hook = module.register_forward_hook(
+            lambda m, args, output, key=key: seen.setdefault(key, output if key == "conv1 output" else args[0])
+        )
+        with torch.no_grad():
+            model(image, mask=mask)
+        hook.remove()
+        assert torch.equal(seen[key], stem), key  # written in place, it would hold the sum

@@ -23,9 +23,27 @@ torch.fx.wrap("resize_mask")
 class _MergeAfter:
     """``forward_after``: the merge applied to a module's output, given that module and its input (eager)."""
 
-    def forward_after(self, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
-        """The merge of ``mask`` into ``features == module(module_input)``."""
+    def forward_after(
+        self, module: Any, module_input: Tensor, features: Tensor, mask: Tensor, writable: bool = False
+    ) -> Tensor:
+        """The merge of ``mask`` into ``features == module(module_input)``; ``writable``: the caller keeps no
+        other reference to ``features``, so a merge may write its result there (eager inference only)."""
         return self(features, mask)
+
+
+@torch.jit.unused
+def _eager_inference(features: Tensor) -> bool:
+    """Whether this forward is eager inference on real data: no autograd, no tracer, not the meta device."""
+    return not torch.is_grad_enabled() and features.device.type != "meta" and not is_tracing()
+
+
+@torch.jit.unused
+def _unseen(module: Any, module_input: Tensor, features: Tensor) -> bool:
+    """Whether ``features``, just returned by ``module(module_input)``, is seen by nothing else: no forward hook
+    (the module's or a global one) was handed it, and it is not ``module_input`` or a view of it."""
+    if getattr(module, "_forward_hooks", None) or nn.modules.module._global_forward_hooks:
+        return False
+    return features.untyped_storage().data_ptr() != module_input.untyped_storage().data_ptr()
 
 
 class MaskAttentionAdd(_MergeAfter, nn.Conv2d):
@@ -48,8 +66,55 @@ class MaskAttentionAdd(_MergeAfter, nn.Conv2d):
         """The attention map for a mask already resized to the feature map's size."""
         return self._conv_forward(mask.to(self.weight.dtype), self.weight, self.bias)
 
-    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
-        return features + self.attention(resize_mask(mask, features.shape[-2:], self.mask_resize))
+    def forward(self, features: Tensor, mask: Tensor, writable: bool = False) -> Tensor:
+        """``features + conv(mask)``; ``writable``: the sum may be written into ``features`` (eager inference)."""
+        mask = resize_mask(mask, features.shape[-2:], self.mask_resize)
+        if not torch.jit.is_scripting():
+            if _eager_inference(features):
+                return self._add_attention(features, mask, writable)
+        return features + self.attention(mask)
+
+    def forward_after(
+        self, module: Any, module_input: Tensor, features: Tensor, mask: Tensor, writable: bool = False
+    ) -> Tensor:
+        if writable and _eager_inference(features):
+            hooked = self._forward_hooks or self._forward_pre_hooks
+            writable = not hooked and _unseen(module, module_input, features)
+        return self(features, mask, writable)
+
+    @torch.jit.unused
+    def _add_attention(self, features: Tensor, mask: Tensor, writable: bool) -> Tensor:
+        """``features + conv(mask)`` as one batched product added to the features: the conv's weights and bias
+        ``(C,10)`` times the mask's 3x3 neighbourhoods and a row of ones ``(B,10,H*W)``, written into ``features``
+        itself where ``writable``. (CPUs run a one-channel conv of many channels slowly, and the sum allocates.)"""
+        batch, channels, height, width = features.shape
+        strides = features.stride()[1:]
+        if strides == (height * width, width, 1):  # NCHW per photo: (B,C,HW) + kernel @ patches
+            layout = "nchw"
+        elif strides == (1, width * channels, channels):  # channels-last: (B,HW,C) + patches^T @ kernel^T
+            layout = "nhwc"
+        else:
+            return features + self.attention(mask)
+        device = features.device.type
+        exact = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+        with exact:  # in the features' dtype, as the sum would be
+            patches = F.unfold(mask.to(features.dtype), kernel_size=3, padding=1)
+            ones = patches.new_ones(patches.shape[0], 1, height * width)
+            patches = torch.cat([patches, ones], dim=1).expand(batch, -1, -1)
+            kernel = torch.cat([self.weight.flatten(1), self.bias[:, None]], dim=1).to(features.dtype)
+            if layout == "nchw":
+                flat = features.as_strided((batch, channels, height * width), (features.stride(0), height * width, 1))
+                left, right = kernel.expand(batch, -1, -1), patches
+            else:
+                flat = features.as_strided((batch, height * width, channels), (features.stride(0), channels, 1))
+                left, right = patches.transpose(1, 2), kernel.t().expand(batch, -1, -1)
+            if writable and features.stride(0) == channels * height * width:
+                flat.baddbmm_(left, right)
+                return features
+            summed = torch.baddbmm(flat, left, right)
+        if layout == "nchw":
+            return summed.view(batch, channels, height, width)
+        return summed.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 class _MultiplyByAttention(torch.autograd.Function):
@@ -116,7 +181,9 @@ class MaskAttentionMul(MaskAttentionAdd):
                 return self._multiply(features, mask, None, None)
         return features * self.attention(mask)
 
-    def forward_after(self, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
+    def forward_after(
+        self, module: Any, module_input: Tensor, features: Tensor, mask: Tensor, writable: bool = False
+    ) -> Tensor:
         if isinstance(module, nn.Conv2d) and torch.is_grad_enabled() and not is_tracing():
             mask = resize_mask(mask, features.shape[-2:], self.mask_resize).to(self.weight.dtype)
             return self._multiply(features, mask, module, module_input)

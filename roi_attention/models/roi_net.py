@@ -345,8 +345,8 @@ class RoiAttentionNet(nn.Module):
         module = step_callable(self.backbone, step)
         if self.grad_checkpointing and self._checkpointed(step) and self.training and torch.is_grad_enabled():
             if not torch.fx._symbolic_trace.is_fx_symbolic_tracing():
-                return self._merge(step, module, x, checkpoint(module, x), mask)
-        return self._merge(step, module, x, module(x), mask)
+                return self._merge(step, module, x, checkpoint(module, x), mask, writable=True)
+        return self._merge(step, module, x, module(x), mask, writable=True)
 
     def _checkpointed(self, step: Step) -> bool:
         """Whether gradient checkpointing recomputes the step: a stage with parameters (not a re-exposed stem
@@ -355,11 +355,15 @@ class RoiAttentionNet(nn.Module):
             return False
         return next(self.backbone.get_submodule(step.name).parameters(), None) is not None
 
-    def _merge(self, step: Step, module: nn.Module, module_input: Tensor, features: Tensor, mask: Tensor) -> Tensor:
+    def _merge(
+        self, step: Step, module: Any, module_input: Tensor, features: Tensor, mask: Tensor, writable: bool = False
+    ) -> Tensor:
+        """``mask`` merged into ``features == module(module_input)`` if the step merges; ``writable``: the walk
+        keeps no other reference to ``features`` (the merge may add into them in eager inference)."""
         if not step.merge:
             return features
         self._refuse_fused(step, module)
-        return self.roi_branch[step.merge].forward_after(module, module_input, features, mask)
+        return self.roi_branch[step.merge].forward_after(module, module_input, features, mask, writable)
 
     def _refuse_fused(self, step: Step, module: nn.Module) -> None:
         if isinstance(module, _FusedModule):
