@@ -31,38 +31,43 @@ from common import machine, median_interval, paired_ratios
 import roi_attention
 
 
-def build(name: str, check_inputs: bool = True) -> torch.nn.Module:
+def build(name: str, check_inputs: bool = True, plain: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The model ``name``; an ROI model given ``plain`` gets its weights (the same arithmetic in the backbone)."""
     kwargs = {} if not name.startswith("roi_") else dict(check_inputs=check_inputs)
-    return timm.create_model(name, **kwargs)
+    model = timm.create_model(name, **kwargs)
+    if plain is not None:
+        model.backbone.load_state_dict(plain.state_dict())
+    return model
 
 
-def step_fn(model: torch.nn.Module, x: torch.Tensor, train: bool):
+def step_fn(model: torch.nn.Module, x: dict[str, torch.Tensor], train: bool):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     if not train:
         model.eval()
 
         def infer():
             with torch.inference_mode():
-                model(x)
+                model(**x)
 
         return infer
     model.train()
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        model(x).float().logsumexp(-1).mean().backward()
+        model(**x).float().logsumexp(-1).mean().backward()
         optimizer.step()
 
     return train_step
 
 
-def inputs(name: str, batch: int, size: int) -> torch.Tensor:
+def inputs(name: str, batch: int, size: int) -> dict[str, torch.Tensor]:
+    """The forward's arguments: a photo, and for an ROI model a box mask (``mask=``, as users pass it)."""
     image = torch.randn(batch, 3, size, size)
     if not name.startswith("roi_"):
-        return image
+        return dict(x=image)
     mask = torch.zeros(batch, 1, size, size)
     mask[:, :, size // 4 : size // 2, size // 3 : size // 2] = 1
-    return torch.cat([image, mask], 1)
+    return dict(x=image, mask=mask)
 
 
 def peak_memory_mib(name: str, batch: int, size: int, train: bool) -> float:
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             memory = {mode: peak_memory_mib(backbone, batch, size, mode == "train") for mode in args.modes}
         for variant, mode in itertools.product(args.variants, args.modes):
             name = f"roi_{backbone}_{variant}"
-            roi, roi_unchecked = build(name), build(name, check_inputs=False)
+            roi, roi_unchecked = build(name, plain=plain), build(name, check_inputs=False, plain=plain)
             x_roi, x_plain = inputs(name, batch, size), inputs(backbone, batch, size)
             train = mode == "train"
             start = time.perf_counter()

@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -169,6 +170,16 @@ def test_resize_keeps_a_single_pixel_at_any_stride(stride, mode):
         assert resized.sum() > 0
         if mode == "max":
             assert resized.amax() == 1
+
+
+WHOLE_FACTORS = [((2, 1, 224, 224), (112, 112)), ((3, 1, 96, 64), (12, 8)), ((1, 1, 64, 48), (2, 1))]
+
+
+@pytest.mark.parametrize("shape, size", WHOLE_FACTORS)
+def test_max_resize_by_a_whole_factor_is_adaptive_max_pooling(shape, size):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(0))  # soft values: any cell's maximum counts
+    assert torch.equal(resize_mask(mask, size, "max"), F.adaptive_max_pool2d(mask, size))
+    assert torch.equal(resize_mask(mask.to(torch.bfloat16), size, "max"), F.adaptive_max_pool2d(mask, size).bfloat16())
 
 
 def test_bilinear_resize_loses_a_small_roi_as_the_author_noted():

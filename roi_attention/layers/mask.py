@@ -23,6 +23,19 @@ class RoiInputError(ValueError):
 
 
 @torch.jit.unused
+def _max_of_cells(mask: Tensor, rows: int, columns: int) -> Tensor:
+    """``adaptive_max_pool2d`` where the size divides exactly, as the maximum of strided slices: rows, then
+    columns (several times faster on CPUs for a one-channel mask)."""
+    out = mask[..., 0::rows, :]
+    for row in range(1, rows):
+        out = torch.maximum(out, mask[..., row::rows, :])
+    cells = out[..., 0::columns]
+    for column in range(1, columns):
+        cells = torch.maximum(cells, out[..., column::columns])
+    return cells
+
+
+@torch.jit.unused
 def is_tracing() -> bool:
     """True while torch.compile, torch.export, ONNX export, TorchScript or torch.fx traces the model."""
     return (
@@ -137,6 +150,9 @@ def resize_mask(mask: Tensor, size: list[int], mode: str = "max") -> Tensor:
     if mask.shape[-2] == height and mask.shape[-1] == width:
         return mask
     if mode == "max":
+        if not torch.jit.is_scripting():
+            if mask.shape[-2] % height == 0 and mask.shape[-1] % width == 0 and not is_tracing():
+                return _max_of_cells(mask, mask.shape[-2] // height, mask.shape[-1] // width)
         return F.adaptive_max_pool2d(mask, [height, width])
     if mode == "area":
         return F.adaptive_avg_pool2d(mask, [height, width])

@@ -98,9 +98,10 @@ class MaskAttentionAdd(_MergeAfter, nn.Conv2d):
         device = features.device.type
         exact = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
         with exact:  # in the features' dtype, as the sum would be
-            patches = F.unfold(mask.to(features.dtype), kernel_size=3, padding=1)
-            ones = patches.new_ones(patches.shape[0], 1, height * width)
-            patches = torch.cat([patches, ones], dim=1).expand(batch, -1, -1)
+            padded = F.pad(mask.to(features.dtype)[:, 0], (1, 1, 1, 1))  # unfold's neighbourhoods, sooner
+            shifted = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+            patches = torch.stack([*shifted, padded.new_ones(padded.shape[0], height, width)], dim=1)
+            patches = patches.flatten(2).expand(batch, -1, -1)
             kernel = torch.cat([self.weight.flatten(1), self.bias[:, None]], dim=1).to(features.dtype)
             if layout == "nchw":
                 flat = features.as_strided((batch, channels, height * width), (features.stride(0), height * width, 1))
