@@ -53,6 +53,10 @@ CALIBRATION_REGIONS = 128
 # time) this many per run: per region at least as fast as one a run for roi_resnet50 and the Lite0 add_l1, fp32 and
 # int8, at 224x224 on this CPU (benchmarks/serving_runtimes.py prints regions/s by group size).
 ONNXRUNTIME_GROUP = 4
+# bf16 on a CPU that has it runs channels-last, and the masks of a variant that shares little this many pixels
+# (masks x H x W) per forward: bf16's gains grow with the batch (roi_resnet50_add_l1 at 224x224 on an Intel Xeon
+# with AMX: 1.8x float32 one mask a forward, 3.3-3.4x four to eight; BENCHMARKS.md).
+BF16_CPU_REGION_PIXELS = 8 * 224 * 224
 # int8 calibrates on all but every INT8_HELD_OUT-th calibration region; those measure its agreement with float32
 # (top-1 equal on INT8_AGREEMENT of them, INT8_SURE_AGREEMENT of those where float32's top-1 p >= SURE_PROBABILITY).
 INT8_HELD_OUT = 4
@@ -156,24 +160,37 @@ class RegionRunner:
         """How many of ``count`` masks of one photo go through the runtime together."""
         if self.runtime == "onnxruntime" and not self.model.shares_trunk:
             return min(count, ONNXRUNTIME_GROUP)
+        if self._bf16_on_cpu and not self.model.shares_trunk:
+            return max(1, min(count, BF16_CPU_REGION_PIXELS // (height * width)))
         return self.model.regions_chunk_size(count, height, width, self.device)
+
+    @property
+    def _bf16_on_cpu(self) -> bool:
+        return self.precision == "bf16" and self.device.type == "cpu"
+
+    def _layout(self, pixels: Tensor) -> Tensor:
+        """A batch of photos channels-last where the model is (bf16 on a CPU), as it is elsewhere."""
+        if self._bf16_on_cpu and pixels.ndim == 4:
+            return pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
 
     def forward_regions(self, image: Tensor, masks: Tensor, group_size: int | None = None) -> Tensor:
         """Logits ``(N, classes)`` of the ``(N,H,W)`` or ``(N,1,H,W)`` masks of one ``(C,H,W)`` photo, like
         ``RoiAttentionNet.forward_regions``; the masks go ``group_size`` at a time (default ``group_size()``)."""
         with torch.inference_mode(), self._autocast():
-            if self.runtime == "eager":
-                return self.model.forward_regions(image, masks, chunk_size=group_size).float()
-            image, masks = self.model.regions_input(image, masks)
             chunk = group_size or self.group_size(masks.shape[0], *image.shape[-2:])
-            return torch.cat([self._group(image[:1], group) for group in masks.split(chunk)]).float()
+            if self.runtime == "eager":
+                photo = self._layout(image.unsqueeze(0) if image.ndim == 3 else image)
+                return self.model.forward_regions(photo, masks, chunk_size=chunk).float()
+            image, masks = self.model.regions_input(image, masks)
+            return torch.cat([self._group(self._layout(image[:1]), group) for group in masks.split(chunk)]).float()
 
     def __call__(self, pixels: Tensor) -> Tensor:
         """Logits of a packed ``(B,C+1,H,W)`` batch of regions of any photos: one forward where the runner
         batches photos, else each run of consecutive regions of one photo through ``forward_regions``."""
         if self.batches_photos:
             with torch.inference_mode(), self._autocast():
-                return self._batch_module(pixels).float()
+                return self._batch_module(self._layout(pixels)).float()
         logits, start = [], 0
         while start < len(pixels):
             end = start + 1
@@ -255,7 +272,8 @@ def prepare_runner(
     Runtime for int8). int8 is calibrated on ``calibration``: ``(image (1,C,H,W), masks (N,1,H,W))`` groups as
     the model takes them, e.g. ``calibration_groups`` of a region dataset split; every ``INT8_HELD_OUT``-th
     region is held out to measure int8's top-1 agreement with float32 (``runner.int8_agreement``; an
-    ``Int8AgreementWarning`` below the tolerance). ONNX Runtime graphs are kept in the ``GraphCache``. Raises
+    ``Int8AgreementWarning`` below the tolerance); bf16 on a CPU lays the model's weights out channels-last (in
+    place, values unchanged). ONNX Runtime graphs are kept in the ``GraphCache``. Raises
     ``ServingError`` where the machine, the model or the options cannot do it."""
     runtime = resolve_options(precision, runtime)
     if model.training:
@@ -270,6 +288,8 @@ def prepare_runner(
             )
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ServingError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}")
+        if device.type == "cpu":  # oneDNN's bf16 kernels want channels-last (the same values, laid out anew)
+            model.to(memory_format=torch.channels_last)
     if precision == "int8" and calibration is None:
         raise ServingError("int8 needs calibration regions: --calibration DATASET (a region dataset folder or Hub id)")
     session = agreement = None

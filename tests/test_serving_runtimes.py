@@ -151,13 +151,19 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_it_would_be_emulate
         with pytest.raises(ServingError, match=f"bf16 needs a CPU with bf16 instructions .* this one has {capability}"):
             prepare_runner(model, "bf16")
         return
-    runner = prepare_runner(model, "bf16")
     image, masks = torch.randn(3, 64, 64), (torch.rand(4, 64, 64) > 0.5).float()
     with torch.inference_mode():
         expected = model.forward_regions(image, masks)
+    assert prepare_runner(model, "fp32").group_size(16, 224, 224) == 1  # float32 on a CPU: one mask a forward
+    runner = prepare_runner(model, "bf16")
+    # oneDNN's bf16 wants channels-last and batches: the weights laid out so, the masks eight at a time at 224x224
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert runner.group_size(16, 224, 224) == 8 and runner.group_size(3, 224, 224) == 3
     logits = runner.forward_regions(image, masks)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, expected, atol=0.1, rtol=0.05)
+    batch = torch.cat([image.expand(4, -1, -1, -1), masks[:, None]], 1)  # regions of one photo, packed
+    torch.testing.assert_close(runner(batch), expected, atol=0.1, rtol=0.05)
 
 
 def test_the_commands_refuse_bad_options_before_loading_anything(tmp_path, capsys):

@@ -98,7 +98,7 @@ class MaskAttentionAdd(_MergeAfter, nn.Conv2d):
         device = features.device.type
         exact = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
         with exact:  # in the features' dtype, as the sum would be
-            padded = F.pad(mask.to(features.dtype)[:, 0], (1, 1, 1, 1))  # unfold's neighbourhoods, sooner
+            padded = F.pad(mask.to(features.dtype)[:, 0], (1, 1, 1, 1))  # the 3x3 neighbourhoods, as shifted slices
             shifted = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
             patches = torch.stack([*shifted, padded.new_ones(padded.shape[0], height, width)], dim=1)
             patches = patches.flatten(2).expand(batch, -1, -1)
