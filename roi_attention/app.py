@@ -467,6 +467,28 @@ def build_app(
     return app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core) and seldom returns what is freed in
+# them: the app's worker threads, each handling photos of up to 16 Mpx, grew the server request after request
+# (8 clients for 90 s: 6.4 -> 7.8 GB; with 2 arenas 5.2 -> 5.6 GB at the same latency; BENCHMARKS.md).
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas at ``count`` for this process (``mallopt(M_ARENA_MAX)``); whether it took effect
+    (False where the C library is not glibc)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    arena_max = -8  # M_ARENA_MAX in glibc's malloc.h
+    return bool(libc.mallopt(arena_max, count))
+
+
 def launch(
     specs: Sequence[str] | None = None,
     host: str = "127.0.0.1",
@@ -476,7 +498,9 @@ def launch(
     keep_s: float = KEEP_S,
 ) -> None:
     """Serve the app until interrupted (``max_pixels``: default ``APP_MAX_PIXELS``; ``serving``: the models'
-    precision and runtime; ``keep_s``: how long answer pictures and uploads are kept)."""
+    precision and runtime; ``keep_s``: how long answer pictures and uploads are kept). Caps glibc's malloc arenas
+    for the process first (``limit_malloc_arenas``)."""
+    limit_malloc_arenas()
     models, message = load_app_models(specs, serving)
     app = build_app(models, message, max_pixels=max_pixels or APP_MAX_PIXELS, keep_s=keep_s)
     app.launch(server_name=host, server_port=port, **LAUNCH_OPTIONS)

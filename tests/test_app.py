@@ -525,3 +525,37 @@ def test_every_example_of_the_page_comes_with_its_regions(tmp_path):
         for path in masks:
             region = read_mask(path, size)
             assert 0.001 < region.mean() < 0.5  # a region, not the whole photo
+
+
+ARENAS = """
+import ctypes, sys, tempfile, threading
+from roi_attention.app import limit_malloc_arenas
+if sys.argv[1] == "capped":
+    assert limit_malloc_arenas(2)
+barrier = threading.Barrier(8)
+def work():
+    held = [bytearray(100_000) for _ in range(20)]  # malloc'd below the mmap threshold, from the thread's arena
+    barrier.wait()  # every thread alive and holding its memory: no arena is handed on
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+stream = ctypes.c_void_p(libc.fopen(path.encode(), b"w"))
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_the_app_caps_glibcs_malloc_arenas_that_grew_the_server():
+    def heaps(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    assert heaps("free") >= 8  # a thread that allocates gets an arena of its own (up to 8 per core)
+    assert heaps("capped") <= 2

@@ -217,6 +217,9 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
             )
             snapshot = json.loads((out / "results" / f"seed{seed}" / "step_1" / sub / "results.json").read_text())
             assert all(Path(name).match("*/snapshots/step_1") for name in snapshot["models"])
+    # the tables and plots are written after each seed: a run cut short keeps those of the seeds it finished
+    first = printed.index(f"summaries of seeds [0] written to {out / 'results'}")
+    assert first < printed.index(f"summaries of seeds [0, 1] written to {out / 'results'}")
     curves = (out / "results" / "curves.md").read_text()
     assert "| add_l1, 1 (2 seeds) |" in curves and "| full, 2 (1 seed) |" in curves and curves in printed
     assert "**add_l1 - blackout_image against steps, validation_swapped**" in curves

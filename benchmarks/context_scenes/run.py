@@ -11,7 +11,9 @@ The size-range run asks the paper's questions: 96x96 scenes with objects from 4 
 to the scene, a context-swapped validation split, three seeds; seeds.md and seeds_by_size.png summarise it.
 ``--snapshots`` also evaluates each model at earlier steps of the same run (saved by the training loop's
 ``snapshot_steps``, the learning-rate schedule being the whole run's): curves.md and curves.png give the learning
-curves per size bin on both splits, and the attention-vs-hard-attention difference against steps.
+curves per size bin on both splits, and the attention-vs-hard-attention difference against steps. With several
+seeds, the tables and plots are rewritten after each seed's evaluation: a run cut short keeps those of the seeds
+it finished.
 
 The objects of a scene are of distinct classes, so a model that ignores the mask gives all regions of a scene
 one answer and is right for at most one of them: its pooled accuracy cannot exceed (validation scenes with
@@ -34,14 +36,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from roi_attention.cli import main as roi_attention
 from roi_attention.data.regions import load_region_split
 from roi_attention.data.scenes import SCENE_TRAINING, SIZE_RANGE_SCENES, SMALL_SCENES, build_scene_dataset
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.models import VARIANTS
 from roi_attention.train import run_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine
 
 BACKBONE = "tf_efficientnet_lite0"
 # Scenes of 64x64 pixels seen at their own size (SMALL_SCENES, SCENE_TRAINING): what 2 CPU cores can train
@@ -160,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 if roi_attention(eval_args) != 0:
                     return 1
         timings[f"evaluate all, with probes, seed {seed}"] = time.perf_counter() - begin
+        if args.seeds > 1:  # a run cut short keeps the tables and plots of the seeds it finished
+            done = seeds[: seeds.index(seed) + 1]
+            write_summaries(args.out / "results", done, points, swapped, quiet=seed != seeds[-1])
+            print(f"summaries of seeds {done} written to {args.out / 'results'}", flush=True)
     timings["total"] = time.perf_counter() - started
     regions, _ = load_region_split(dataset, "validation")
     image_ids = list(regions["image_id"])
@@ -181,33 +188,39 @@ def main(argv: list[str] | None = None) -> int:
         snapshots=snapshots,
         mask_blind_ceiling=round(ceiling, 4),
         timings_s={k: round(v, 1) for k, v in timings.items()},
-        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        machine=f"{platform.machine()}, {machine()}",
     )
     (args.out / "results" / "run.json").write_text(json.dumps(run, indent=2))
     print(json.dumps(run, indent=2))
     if args.seeds == 1:
         print_summary(json.loads((args.out / "results" / "results.json").read_text()), ceiling)
-    else:
-        splits = [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]
-        tables = [seed_table(args.out / "results", seeds, split, sub) for split, sub in splits]
-        summary = seeds_summary(tables, seeds)
-        (args.out / "results" / "seeds.md").write_text(summary)
-        seeds_figure(tables, args.out / "results" / "seeds_by_size.png")
-        print(summary)
-    if snapshots:
-        splits = [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]
+        if snapshots:
+            write_summaries(args.out / "results", seeds, points, swapped)
+    return 0
+
+
+def write_summaries(results: Path, seeds: list[int], points: list[int], swapped: bool, quiet: bool = False) -> None:
+    """The seeds' tables and plot (several seeds) and the learning curves (several points) of ``seeds`` into
+    ``results``, printed unless ``quiet``."""
+    splits = [("validation", ""), *([("validation_swapped", "swapped")] if swapped else [])]
+    tables = [seed_table(results, seeds, split, sub) for split, sub in splits]
+    summaries = [seeds_summary(tables, seeds)]
+    (results / "seeds.md").write_text(summaries[-1])
+    seeds_figure(tables, results / "seeds_by_size.png")
+    if len(points) > 1:
         curves = {
             step: [
-                seed_table(args.out / "results", seeds, split, sub if step == points[-1] else f"step_{step}/{sub}")
+                seed_table(results, seeds, split, sub if step == points[-1] else f"step_{step}/{sub}")
                 for split, sub in splits
             ]
             for step in points
         }
-        summary = curves_summary(curves, seeds)
-        (args.out / "results" / "curves.md").write_text(summary)
-        curves_figure(curves, args.out / "results" / "curves.png")
-        print(summary)
-    return 0
+        summaries.append(curves_summary(curves, seeds))
+        (results / "curves.md").write_text(summaries[-1])
+        curves_figure(curves, results / "curves.png")
+    if not quiet:
+        for summary in summaries:
+            print(summary)
 
 
 # The paper's claims as pairs of variants (the first should be the better one where the paper is right), and the
@@ -246,10 +259,14 @@ class SeedTable:
 
 
 def seed_table(results: Path, seeds: list[int], split: str, sub: str = "") -> SeedTable:
-    """Read every seed's ``results.json`` of one split (``results/seedK/sub``) into a :class:`SeedTable`."""
+    """Read every seed's ``results.json`` of one split (``results/seedK/sub``; one seed: ``results/sub``) into a
+    :class:`SeedTable`."""
     runs = []  # each seed's metrics by variant (the model folders differ by seed)
     for seed in seeds:
-        models = json.loads((results / f"seed{seed}" / sub / "results.json").read_text())["models"]
+        folder = results / f"seed{seed}"
+        if len(seeds) == 1 and not folder.is_dir():
+            folder = results  # a one-seed run keeps its results at the top
+        models = json.loads((folder / sub / "results.json").read_text())["models"]
         runs.append({_variant_of(Path(n)): e["metrics"] for n, e in models.items()})
     first = next(iter(runs[0].values()))
     keep = [i for i, row in enumerate(first["size_bins"]) if row["num_regions"] >= MIN_BIN_REGIONS]
