@@ -12,6 +12,7 @@ import timm
 import torch
 from PIL import Image
 from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.models import get_graph_node_names
 from torch.ao.quantization import fuse_modules
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 from torchvision.models.feature_extraction import NodePathTracer
@@ -331,3 +332,17 @@ def test_a_text_head_is_cosine_logits_scripts_and_goes_with_a_reset():
     assert model.text_head is None and model._model_args["text_embed_dim"] == 0
     with torch.no_grad():
         assert model(image, mask=mask).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["roi_resnet18_add_l1", "roi_resnet18_add_all"])
+def test_fx_traces_the_add_merge_with_autograd_off(name, image, mask):
+    """Inference merges differently from training (in place, eagerly); a tracer with autograd off must still see
+    the plain conv and sum, never branch on a traced tensor's attributes (timm's fx test traces so)."""
+    model = make_model(name)
+    randomize_side_branch(model)
+    with torch.no_grad():
+        traced = torch.fx.symbolic_trace(model, concrete_args={"mask": None})
+        packed = torch.cat([image, mask], 1)
+        torch.testing.assert_close(traced(packed), model(packed), atol=1e-4, rtol=1e-4)
+        _, eval_nodes = get_graph_node_names(make_model("roi_tf_efficientnet_lite0_add_all"))  # timm's tracer
+    assert [n for n in eval_nodes if n.startswith("roi_branch.") and n.endswith(".add")], eval_nodes

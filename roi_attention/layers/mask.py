@@ -151,7 +151,7 @@ def resize_mask(mask: Tensor, size: list[int], mode: str = "max") -> Tensor:
         return mask
     if mode == "max":
         if not torch.jit.is_scripting():
-            if mask.shape[-2] % height == 0 and mask.shape[-1] % width == 0 and not is_tracing():
+            if not is_tracing() and mask.shape[-2] % height == 0 and mask.shape[-1] % width == 0:
                 return _max_of_cells(mask, mask.shape[-2] // height, mask.shape[-1] // width)
         return F.adaptive_max_pool2d(mask, [height, width])
     if mode == "area":

@@ -34,7 +34,8 @@ class _MergeAfter:
 @torch.jit.unused
 def _eager_inference(features: Tensor) -> bool:
     """Whether this forward is eager inference on real data: no autograd, no tracer, not the meta device."""
-    return not torch.is_grad_enabled() and features.device.type != "meta" and not is_tracing()
+    # the tracer first: under torch.fx the features are a proxy, whose attributes cannot decide a branch
+    return not torch.is_grad_enabled() and not is_tracing() and features.device.type != "meta"
 
 
 @torch.jit.unused
