@@ -353,6 +353,18 @@ def editor_files(payload: dict[str, Any] | None, blob_storage: dict[str, Any]) -
     return {"background": source(payload.get("background")), "layers": [x for x in layers if x], "composite": None}
 
 
+def refuse_removed_uploads(editor: dict[str, Any] | None, mask_files: Any, keep_s: float) -> None:
+    """Refuse a request whose uploads were removed (``keep_s`` after they came) while it waited in the queue."""
+    paths = [(editor or {}).get("background"), *(editor or {}).get("layers", [])]
+    paths = [p for p in paths if isinstance(p, str)] + [path for path, _ in _mask_files(mask_files)]
+    removed = sum(not Path(path).exists() for path in paths)
+    if removed:
+        raise InputFileError(
+            f"{removed} of this request's {len(paths)} uploaded files were removed before its turn came: the server "
+            f"is busy and keeps uploads {keep_s:g} s; send the request again"
+        )
+
+
 class OutputFiles:
     """The pictures of answers, one new file each (requests never share one), removed ``keep_s`` after they were
     written, by a timer (disk stays flat when no request comes)."""
@@ -408,12 +420,15 @@ def build_app(
     def run(editor_value, mask_files, chosen):
         try:
             files = editor_files(editor_value, editor.blob_storage)
+            refuse_removed_uploads(files, mask_files, keep_s)
             picture, table, answers = classify(models, files, mask_files, chosen, max_pixels)
         except (InputFileError, RoiInputError) as error:
             raise gr.Error(str(error), print_exception=False) from error
         except Exception as error:  # the visitor gets no server details; the log keeps them
             traceback.print_exc()
             raise gr.Error("the server could not classify this input (the error is in its log)") from error
+        finally:  # a request's buffers (16 Mpx photos and masks) freed in an arena stay the process's otherwise
+            release_freed_memory()
         return outputs.save(picture), table, answers
 
     names = list(models)
@@ -473,20 +488,32 @@ def build_app(
 MALLOC_ARENAS = 2
 
 
-def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at ``count`` for this process (``mallopt(M_ARENA_MAX)``); whether it took effect
-    (False where the C library is not glibc)."""
+def _glibc():
+    """glibc through ctypes, or None where the C library is another."""
     import ctypes
     import platform
 
     if platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
-        return False
+        return None
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas at ``count`` for this process (``mallopt(M_ARENA_MAX)``); whether it took effect
+    (False where the C library is not glibc)."""
+    libc = _glibc()
     arena_max = -8  # M_ARENA_MAX in glibc's malloc.h
-    return bool(libc.mallopt(arena_max, count))
+    return libc is not None and bool(libc.mallopt(arena_max, count))
+
+
+def release_freed_memory() -> bool:
+    """Hand what glibc's arenas hold freed back to the system (``malloc_trim(0)``); whether any was (False where
+    the C library is not glibc)."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 def launch(
