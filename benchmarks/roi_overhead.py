@@ -5,9 +5,11 @@
         --variants add_l1 --modes infer --pairs 61 --target 1.02 --no-memory
 
 Inference (inference_mode) and one training step (forward, backward, SGD step). Every round runs the plain
-backbone, the ROI model and the ROI model with its input value checks off (check_inputs=False) once each, in a
-random order; the ratio ROI / plain is taken within each round, and its median is given with a 95% bootstrap
-interval over the rounds: a target is met where the interval's upper end is below it. Peak memory: each
+backbone, the ROI model, the ROI model with its input value checks off (check_inputs=False) and a second copy of
+the plain backbone (same weights, same input: the control) once each, in a random order; the ratio to the plain
+backbone is taken within each round, and its median is given with a 95% bootstrap interval over the rounds: a
+target is met where the interval's upper end is below it. The control's ratio would be 1 on a quiet machine; how
+far its interval reaches is what the machine can resolve. Peak memory: each
 configuration in a fresh process, peak RSS above the process's RSS after building the model.
 """
 
@@ -110,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"machine: {machine()}; {args.pairs} rounds, ratios ROI / plain backbone: median [95% interval]")
     header = f"{'backbone':22} {'shape':7} {'variant':15} {'mode':5} {'roi s':>7} {'ratio [interval]':>22}"
-    header += f" {'no-check [interval]':>22}" + ("" if args.no_memory else f" {'memory':>7}")
+    header += f" {'no-check [interval]':>22} {'control [interval]':>22}" + ("" if args.no_memory else f" {'memory':>7}")
     print(header)
     rows = []
     for backbone, (batch, size) in itertools.product(args.backbones, shapes):
         plain = build(backbone)
+        control = build(backbone)
+        control.load_state_dict(plain.state_dict())
         memory = {}
         if not args.no_memory:
             memory = {mode: peak_memory_mib(backbone, batch, size, mode == "train") for mode in args.modes}
@@ -131,15 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                     "plain": step_fn(plain, x_plain, train),
                     "roi": step_fn(roi, x_roi, train),
                     "unchecked": step_fn(roi_unchecked, x_roi, train),
+                    "control": step_fn(control, x_plain, train),
                 },
                 reference="plain",
                 rounds=args.pairs,
             )
             ratio, unchecked = median_interval(ratios["roi"]), median_interval(ratios["unchecked"])
+            control_ratio = median_interval(ratios["control"])
             row = dict(backbone=backbone, batch=batch, size=size, variant=variant, mode=mode, roi_s=seconds)
-            row.update(ratio=ratio, ratio_unchecked=unchecked, met=ratio[2] < args.target)
+            row.update(ratio=ratio, ratio_unchecked=unchecked, ratio_control=control_ratio, met=ratio[2] < args.target)
             line = f"{backbone:22} {f'{batch}x{size}':7} {variant:15} {mode:5} {seconds:7.3f} "
-            line += f"{_interval(ratio):>22} {_interval(unchecked):>22}"
+            line += f"{_interval(ratio):>22} {_interval(unchecked):>22} {_interval(control_ratio):>22}"
             if memory:
                 row["memory_ratio"] = peak_memory_mib(name, batch, size, train) / memory[mode]
                 line += f" {row['memory_ratio']:7.3f}"

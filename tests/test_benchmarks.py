@@ -54,10 +54,11 @@ def test_roi_overhead_benchmark_runs():
         *("--backbones", "resnet18", "--shapes", "2x64", "--pairs", "3", "--variants", "add_l1", "--target", "9"),
     )
     interval = r"([\d.]+) \[([\d.]+), ([\d.]+)\]"
-    row = re.search(rf"^resnet18 +2x64 +add_l1 +infer +[\d.]+ +{interval} +{interval} +[\d.]+$", out, re.M)
+    row = re.search(rf"^resnet18 +2x64 +add_l1 +infer +[\d.]+ +{interval} +{interval} +{interval} +[\d.]+$", out, re.M)
     assert row, out
-    median, low, high = map(float, row.groups()[:3])
-    assert low <= median <= high, out
+    values = list(map(float, row.groups()))
+    for median, low, high in (values[0:3], values[3:6], values[6:9]):  # ROI, ROI unchecked, the plain copy
+        assert low <= median <= high, out
     met = r"^time ratio <= 9.0 met \(interval below it\): add_l1 infer resnet18 2x64, add_l1 train resnet18 2x64$"
     assert re.search(met, out, re.M), out
 
@@ -308,8 +309,14 @@ def test_context_scenes_learning_curves_by_step_and_the_headline_difference(tmp_
     assert "| crop, 3200 (1 seed) | 80.0 (80-80) | 70.0 (70-70) |" in lines
     # 0-30 at 400 steps: 25 - 55 = -30, ranges 20-30 and 50-60 apart; at 3200: 65 - 60 = +5, overlapping
     assert "| 400 | **-30.0** | **-15.0** |" in lines and "| 3200 | +5.0 | +1.0 |" in lines
-    run.curves_figure({400: [early], 3200: [late]}, tmp_path / "curves.png")
+    figure = run.curves_figure({400: [early], 3200: [late]}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert len(figure.axes) == 2 * 2  # a row of accuracies and one of add_l1 - blackout_image, a panel per bin
+    assert figure.axes[-2].lines[0].get_ydata().tolist() == pytest.approx([-30.0, 5.0])  # 0-30, as in the table
+    without_headline = {step: [table("validation", t.bins, t.counts, {"crop": t.values["crop"]})] for step, t in
+                        ((400, early), (3200, late))}  # fmt: skip
+    figure = run.curves_figure(without_headline, tmp_path / "crop.png")
+    assert len(figure.axes) == 2  # no empty row for a difference that was not run
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from roi_attention.cli import main as roi_attention
 from roi_attention.data.regions import load_region_split
@@ -324,9 +325,10 @@ def curves_summary(curves: dict[int, list[SeedTable]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> None:
+def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> Any:
     """Learning curves: pooled accuracy against steps per size bin (one panel per bin, all sizes last), a row per
-    split; and a last row with the headline difference per bin against steps, the bars spanning its spread."""
+    split; and, where both ran, a last row with the headline difference per bin against steps, the bars spanning
+    its spread. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,8 +337,10 @@ def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> None:
     steps = list(curves)
     final = curves[steps[-1]]
     bins = final[0].bins
-    figure = Figure(figsize=(3.2 * len(bins), 3.0 * (len(final) + 1)))
-    axes = figure.subplots(len(final) + 1, len(bins), sharex=True, squeeze=False)
+    first, second = HEADLINE
+    headline = first in final[0].values and second in final[0].values
+    figure = Figure(figsize=(3.2 * len(bins), 3.0 * (len(final) + headline)))
+    axes = figure.subplots(len(final) + headline, len(bins), sharex=True, squeeze=False)
     colours = {variant: f"C{i}" for i, variant in enumerate(final[0].values)}
     for row, split_tables in enumerate(zip(*curves.values(), strict=True)):
         for column, bin_name in enumerate(bins):
@@ -353,12 +357,9 @@ def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> None:
             axis.set_xscale("log", base=2)
             axis.grid(alpha=0.3)
         axes[row][0].set_ylabel("pooled accuracy (%)")
-    first, second = HEADLINE
-    for column, bin_name in enumerate(bins):
+    for column, bin_name in enumerate(bins if headline else []):
         axis = axes[-1][column]
         for index, split_tables in enumerate(zip(*curves.values(), strict=True)):
-            if first not in split_tables[0].values or second not in split_tables[0].values:
-                continue
             diffs, low, high = [], [], []
             for table in split_tables:
                 by_bin = dict(zip(table.bins, zip(table.values[first], table.values[second], strict=True), strict=True))
@@ -379,13 +380,16 @@ def curves_figure(curves: dict[int, list[SeedTable]], path: Path) -> None:
             )
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_title(f"{first} - {second}: {bin_name}", fontsize=8)
-        axis.set_xlabel("training steps")
         axis.grid(alpha=0.3)
-    axes[-1][0].set_ylabel("difference (points)")
+    if headline:
+        axes[-1][0].set_ylabel("difference (points)")
+        axes[-1][-1].legend(fontsize=7)
+    for axis in axes[-1]:
+        axis.set_xlabel("training steps")
     axes[0][-1].legend(fontsize=7)
-    axes[-1][-1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def compare(first: list[float], second: list[float]) -> tuple[float, bool]:
