@@ -6,6 +6,7 @@ extra (``pip install 'roi-attention[app]'``).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -488,8 +489,9 @@ def build_app(
 MALLOC_ARENAS = 2
 
 
+@functools.cache
 def _glibc():
-    """glibc through ctypes, or None where the C library is another."""
+    """glibc through ctypes (loaded once), or None where the C library is another."""
     import ctypes
     import platform
 
