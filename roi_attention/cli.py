@@ -539,10 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roi-attention`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
+    if argv[:1] == ["train"]:
         from .train import main as train_main
 
-        return train_main(argv[1:])  # the loop's own --key value options
+        return train_main(argv[1:])  # the loop's own --key value options (and --help)
     args = build_parser().parse_args(argv)
     if args.command == "models" and not any(fnmatch.fnmatch(n, args.filter) for n in timm.list_models("roi_*")):
         print(f"roi-attention: no ROI model matches {args.filter!r}", file=sys.stderr)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,33 @@ def test_config_overrides_are_typed_and_unknown_keys_refused():
         load_config(None, ["--max_steps", "many"])
 
 
+def test_model_kwargs_reach_the_model_and_stay_with_it(dataset, tmp_path):
+    """``--model_kwargs mask_resize=bilinear`` (timm's train.py ``--model-kwargs``): the trained model resizes
+    masks bilinearly, and the saved folder loads as that model."""
+    from roi_attention.train import main as train_main
+
+    out = tmp_path / "out"
+    assert train_main(_args(dataset, out, max_steps=2, model_kwargs="mask_resize=bilinear,crop_margin=0.2")) == 0
+    loaded = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert (loaded.mask_resize, loaded.crop_margin) == ("bilinear", 0.2)
+    assert load_config(None, ["--model_kwargs", "crop_margin=0.2"]).model_kwargs == {"crop_margin": 0.2}
+    # The same weights in a model built with each mode (the side branch made large enough to matter): the loaded
+    # one answers as the bilinear one.
+    torch.manual_seed(0)
+    weights = {k: torch.randn_like(v) if k.startswith("roi_branch.") else v for k, v in _weights(out).items()}
+    loaded.load_state_dict(weights)
+    built = {}
+    for mode in ("bilinear", "max"):
+        built[mode] = timm.create_model("roi_resnet18_add_l1", num_classes=6, mask_resize=mode).eval()
+        built[mode].load_state_dict(weights)
+    image, mask = torch.rand(1, 3, 64, 64), torch.zeros(1, 1, 64, 64)
+    mask[..., 30:33, 30:33] = 1  # smaller than the stride: the two resizes differ
+    with torch.no_grad():
+        answer = loaded.eval()(image, mask=mask)
+        assert torch.equal(answer, built["bilinear"](image, mask=mask))
+        assert not torch.allclose(answer, built["max"](image, mask=mask))
+
+
 def test_the_draw_sampler_splits_one_sequence_across_ranks_and_resumes():
     class Fake:
         def __init__(self):
@@ -261,6 +289,10 @@ def test_training_through_accelerate_launch_leaves_a_loadable_model_with_card_an
         (dict(output_dir="/proc/not-writable"), "is not writable"),
         (dict(optimizer="nonsense"), "optimizer must be a timm optimizer name"),
         (dict(model="roi_resnet18_add_l1", pretrained="true"), "could not be loaded"),
+        (dict(model_kwargs="mask_resize=nearest"), "does not take model_kwargs {'mask_resize': 'nearest'}"),
+        (dict(model_kwargs="colour=red"), "does not take model_kwargs {'colour': 'red'}"),
+        (dict(model_kwargs="num_classes=3"), "model_kwargs cannot set ['num_classes']"),
+        (dict(model_kwargs="bilinear"), "--model_kwargs expects key=value pairs"),
     ],
 )
 def test_config_errors_fail_before_the_first_step(dataset, tmp_path, overrides, message, capsys):
@@ -403,6 +435,20 @@ def test_roi_attention_train_is_the_same_loop_as_python_m(dataset, tmp_path):
 
     assert cli_main(["train", *_args(dataset, tmp_path / "out", optimizer="nonsense")]) == 2
     assert cli_main(["train", "--config"]) == 2
+
+
+@pytest.mark.parametrize("command", [["train", "--help"], ["train", "--config", "x.yaml", "-h"]])
+def test_train_help_lists_every_config_key_with_its_default(command, capsys):
+    import dataclasses
+
+    from roi_attention.cli import main as cli_main
+    from roi_attention.train.config import TrainConfig
+
+    assert cli_main(command) == 0
+    printed = capsys.readouterr().out
+    for item in dataclasses.fields(TrainConfig):
+        assert re.search(rf"^  --{item.name} +\S", printed, re.M), item.name
+    assert re.search(r"^  --max_steps +int +default: 90000$", printed, re.M), printed
 
 
 def test_the_fsdp_config_is_accelerates_and_wraps_blocks_the_backbone_has(dataset, tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class TrainConfig:
     dataset: str = ""
     output_dir: str = ""
     model: str = "roi_resnet50_add_l1"
+    # Keyword arguments of the model ("mask_resize=bilinear"), as timm's train.py --model-kwargs; saved with it.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
     weights: str | None = None  # safetensors file instead of the tag's Hub weights
     num_classes: int | None = None  # checked against the dataset when given
@@ -117,6 +119,11 @@ def _parse_value(name: str, text: str, kind: Any) -> Any:
     if typing.get_origin(kind) is tuple:  # a comma-separated list: 400,800,1600
         item = typing.get_args(kind)[0]
         return tuple(_parse_value(name, part.strip(), item) for part in text.split(",") if part.strip())
+    if typing.get_origin(kind) is dict:  # comma-separated key=value pairs, each value read as YAML
+        pairs = [part.strip() for part in text.split(",") if part.strip()]
+        if any("=" not in pair for pair in pairs):
+            raise ConfigError(f"--{name} expects key=value pairs separated by commas, got {text!r}")
+        return {key.strip(): yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if optional else kind
     if optional and text.lower() in ("none", "null"):
@@ -129,6 +136,24 @@ def _parse_value(name: str, text: str, kind: Any) -> Any:
         return base(text)
     except ValueError as error:
         raise ConfigError(f"--{name} expects {getattr(base, '__name__', base)}, got {text!r}") from error
+
+
+def config_help() -> str:
+    """``--help`` of the training command: its usage and every config key with its type and default."""
+    lines = [
+        "usage: python -m roi_attention.train [--config FILE] [--KEY VALUE ...]   (or: roi-attention train ...)",
+        "",
+        "Every key of TrainConfig, from a YAML --config file and/or the command line (keys take - or _); unset",
+        f"optimizer keys come from the recipe ({', '.join(RECIPES)}). train/README.md says what each does.",
+        "",
+    ]
+    types_ = _field_types()
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        kind = str(types_[item.name]).replace("typing.", "")
+        kind = getattr(types_[item.name], "__name__", kind) if isinstance(types_[item.name], type) else kind
+        lines.append(f"  --{item.name:22} {kind:20} default: {default!r}")
+    return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -176,6 +201,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"optimizer must be a timm optimizer name (timm.optim.list_optimizers()), got {cfg.optimizer!r}"
         )
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping of keyword arguments, got {cfg.model_kwargs!r}")
+    reserved = sorted(set(cfg.model_kwargs) & {"pretrained", "num_classes", "pretrained_cfg_overlay"})
+    if reserved:
+        raise ConfigError(f"model_kwargs cannot set {reserved}: they have their own config keys (or the dataset's)")
     choices = dict(
         schedule=("constant", "cosine"),
         mixed_precision=(None, "no", "bf16", "fp16"),

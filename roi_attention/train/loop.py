@@ -36,7 +36,7 @@ from ..hub import HubPublishError, publish, save_model
 from ..metrics import region_accuracy
 from ..models import PretrainedWeightsError, classifier_names
 from .checkpoints import TrainingProgress, resolve_resume, save_checkpoint
-from .config import RUN_OUTPUTS, ConfigError, TrainConfig, check_config, load_config, save_config
+from .config import RUN_OUTPUTS, ConfigError, TrainConfig, check_config, config_help, load_config, save_config
 from .data import DrawSampler, SeededRegions
 
 SIDE_BRANCH = "roi_branch"
@@ -62,10 +62,18 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
     overlay = dict(file=cfg.weights) if cfg.weights else None
     try:
         model = timm.create_model(
-            cfg.model, pretrained=cfg.pretrained, num_classes=len(class_names), pretrained_cfg_overlay=overlay
+            cfg.model,
+            pretrained=cfg.pretrained,
+            num_classes=len(class_names),
+            pretrained_cfg_overlay=overlay,
+            **cfg.model_kwargs,
         )
     except PretrainedWeightsError as error:
         raise ConfigError(str(error)) from error
+    except (TypeError, ValueError) as error:
+        if not cfg.model_kwargs:
+            raise
+        raise ConfigError(f"{cfg.model} does not take model_kwargs {cfg.model_kwargs}: {error}") from error
     weights_classes = model.pretrained_cfg.get("num_classes")
     model.pretrained_cfg["label_names"] = list(class_names)
     heads = classifier_names(model.pretrained_cfg)
@@ -321,6 +329,9 @@ def _save(
 def main(argv: Sequence[str] | None = None, on_step: Callable[[StepState], None] | None = None) -> int:
     """``--config FILE`` and ``--key value`` overrides, then ``train``; exit code 2 on a configuration error."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(config_help())
+        return 0
     try:
         config_path = None
         if "--config" in argv:
