@@ -115,8 +115,13 @@ def load(url: str, clients: int, seconds: float, photo: Path, masks: list[Path],
             try:
                 client.predict(editor, [handle_file(str(m)) for m in masks], ["load"], api_name="/classify")
                 outcomes.append(("answered", time.monotonic() - started))
-            except Exception as error:  # the full queue, or a failure
-                kind = "turned away" if "queue is full" in str(error).lower() else f"failed: {str(error)[:80]}"
+            except Exception as error:  # the full queue, uploads removed while it waited, or a failure
+                if "queue is full" in str(error).lower():
+                    kind = "turned away"
+                elif "removed before its turn came" in str(error):
+                    kind = "uploads expired while queued (--keep-seconds)"
+                else:
+                    kind = f"failed: {str(error)[:80]}"
                 outcomes.append((kind, time.monotonic() - started))
                 time.sleep(1.0)
 
@@ -153,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", nargs="*", type=int, default=[8, 32])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--side", type=int, default=4000, help="the photo's and masks' side (4000: 16 Mpx)")
-    parser.add_argument("--keep-seconds", type=float, default=30.0, help="the app's --keep-seconds")
+    parser.add_argument(
+        "--keep-seconds",
+        type=float,
+        default=30.0,
+        help="the app's --keep-seconds (30: the clean-up shows within a run; requests that wait longer in the "
+        "queue find their uploads gone and are counted apart)",
+    )
     args = parser.parse_args(argv)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:

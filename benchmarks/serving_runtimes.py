@@ -18,6 +18,7 @@ is within the tolerance (>= 90% of regions, >= 98% where float32 is sure).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,26 @@ REAL_WEIGHT_MODELS = {
     1: ["crop", "blackout_image"],
     2: ["crop", "blackout_image"],
 }
+
+
+# float32's top-1 probability minus its top-2 (how far the answer is from a tie), the edges of the agreement
+# breakdown: a region near a tie flips with any rounding, one far from it should not.
+MARGIN_EDGES = (0.0, 0.05, 0.1, 0.2, 0.4, 1.0)
+
+
+def agreement_by_margin(
+    reference: torch.Tensor, same: torch.Tensor, edges=MARGIN_EDGES
+) -> list[tuple[float, float, int, float]]:
+    """``(low, high, regions, share agreeing)`` per bin of the reference's top-1 - top-2 probability margin
+    (``reference``: probabilities (N, classes); ``same``: whether an option's top-1 matched, (N,))."""
+    top = reference.topk(2, dim=-1).values
+    margin = top[:, 0] - top[:, 1]
+    rows = []
+    for low, high in itertools.pairwise(edges):
+        inside = (margin >= low) & ((margin < high) if high < edges[-1] else (margin <= high))
+        count = int(inside.sum())
+        rows.append((low, high, count, float(same[inside].float().mean()) if count else float("nan")))
+    return rows
 
 
 def prepared(model: torch.nn.Module, photos) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,11 +138,17 @@ def measure(
             sure=int(sure.sum()),
             sure_agreement=float(same[sure].float().mean()) if sure.any() else float("nan"),
             probability=float((probabilities - base).abs().max()),
+            by_margin=agreement_by_margin(base, same),
         )
         rows[key]["within"] = rows[key]["agreement"] >= INT8_AGREEMENT and not (
             rows[key]["sure"] and rows[key]["sure_agreement"] < INT8_SURE_AGREEMENT
         )
-    print(f"\n{spec}: {len(inputs)} photos, {regions} regions at {inputs[0][0].shape[-1]}x{inputs[0][0].shape[-2]}")
+    # A side branch at zero (ImageNet weights) ignores the mask: every region of a photo gets one answer, and
+    # the agreement is over the photos, not the regions.
+    distinct = torch.unique(logits["fp32/eager"], dim=0).shape[0]
+    ignored = f" ({distinct} distinct float32 answers: the model ignores the mask)" if distinct < regions else ""
+    size = f"{inputs[0][0].shape[-1]}x{inputs[0][0].shape[-2]}"
+    print(f"\n{spec}: {len(inputs)} photos, {regions} regions at {size}{ignored}")
     header = f"{'option':18} {'setup s':>7} {'regions/s':>9} {'x fp32':>6}"
     print(header + (f" {'top-1 agrees':>12} {'where sure':>15} {'max |dp|':>8}" if answers else " (speed only)"))
     for key, row in rows.items():
@@ -133,6 +160,12 @@ def measure(
             sure = f"{row['sure_agreement']:.1%} of {row['sure']}" if row["sure"] else "none sure"
             line += f" {row['agreement']:12.1%} {sure:>15} {row['probability']:8.3f}"
         print(line, flush=True)
+    if answers:
+        print("top-1 agreement by float32's top-1 - top-2 margin (regions in the bin):")
+        for key, row in rows.items():
+            if key != "fp32/eager" and "by_margin" in row:
+                cells = [f"{lo:.2f}-{hi:.2f}: {share:.0%} of {n}" for lo, hi, n, share in row["by_margin"] if n]
+                print(f"  {key:16} " + ", ".join(cells), flush=True)
     for key, rates in groups.items():
         print(f"{key} regions/s by masks per run: " + ", ".join(f"{k}: {v:.2f}" for k, v in rates.items()))
     return rows

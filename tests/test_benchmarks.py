@@ -63,6 +63,19 @@ def test_roi_overhead_benchmark_runs():
     assert re.search(met, out, re.M), out
 
 
+@pytest.mark.slow
+def test_roi_overhead_across_processes_judges_the_median_of_each_process_median():
+    args = ("--backbones", "resnet18", "--shapes", "1x64", "--pairs", "3", "--variants", "add_l1", "--modes", "infer")
+    out = _run("roi_overhead.py", *args, "--target", "9", "--no-memory", "--processes", "3")
+    interval = r"([\d.]+) \[([\d.]+), ([\d.]+)\]"
+    row = re.search(rf"^resnet18 +1x64 +add_l1 +infer +{interval} +{interval} +{interval} +([\d. ]+)$", out, re.M)
+    assert row, out
+    per_process = sorted(map(float, row.group(10).split()))
+    assert len(per_process) == 3 and float(row.group(1)) == per_process[1], out  # the middle of the three
+    assert per_process[0] <= float(row.group(2)) <= float(row.group(3)) <= per_process[2], out
+    assert re.search(r"^time ratio <= 9.0 met \(interval over the processes below it\): add_l1 infer", out, re.M)
+
+
 def test_median_interval_is_the_median_and_a_bootstrap_interval_around_it(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from common import median_interval
@@ -202,6 +215,7 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
         "full",
     ]
     args += ["--one-seed-variants", "full", "--snapshots", "1"]  # learning curves: step 1 of 2, full on seed 0 only
+    args += ["--train", "model_kwargs=mask_resize=bilinear", "--train", "side_branch_lr_scale=100"]  # one variable
     printed = _run("context_scenes/run.py", *args, "--steps", "2", "--train-scenes", "8", "--validation-scenes", "12")
     for seed in (0, 1):
         for sub, split in (("", "validation"), ("swapped", "validation_swapped")):
@@ -229,6 +243,34 @@ def test_context_scenes_size_range_seeds_and_the_swapped_split_are_wired_end_to_
     assert "**Pooled accuracy (%), validation**" in seeds and "**Pooled accuracy (%), validation_swapped**" in seeds
     assert "add_l1 - full |" in seeds and "**What the context is worth**" in seeds and seeds in printed
     assert (out / "results" / "seeds_by_size.png").stat().st_size > 10_000
+    # --train changed the recipe of every training, and the run says so
+    import yaml
+
+    for seed in (0, 1):
+        trained = out / "models" / f"seed{seed}" / "roi_tf_efficientnet_lite0_add_l1"
+        config = yaml.safe_load((trained / "train_config.yaml").read_text())
+        assert config["side_branch_lr_scale"] == 100 and config["model_kwargs"] == {"mask_resize": "bilinear"}
+        saved = json.loads((trained / "model" / "config.json").read_text())
+        assert saved["model_args"]["mask_resize"] == "bilinear"
+    run_json = json.loads((out / "results" / "run.json").read_text())
+    assert run_json["training"]["model_kwargs"] == "mask_resize=bilinear"
+
+
+def test_context_scenes_train_overrides_are_checked_before_any_work():
+    """--train changes the recipe only, typed as the training command types it; refused before anything runs."""
+    run = _context_scenes_module()
+    assert run.training_overrides(["side_branch_lr_scale=100", "model_kwargs=mask_resize=bilinear"]) == {
+        "side_branch_lr_scale": "100",
+        "model_kwargs": "mask_resize=bilinear",
+    }
+    for pair, message in (
+        ("max_steps=10", "max_steps is set by the benchmark"),
+        ("side_branch_lr_scale", "expected KEY=VALUE"),
+        ("side_branch_lr_scale=fast", "--side_branch_lr_scale expects float"),
+        ("learning_rate=1", "unknown config key --learning_rate"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run.training_overrides([pair])
 
 
 def _context_scenes_module():
@@ -319,6 +361,29 @@ def test_context_scenes_learning_curves_by_step_and_the_headline_difference(tmp_
     assert len(figure.axes) == 2  # no empty row for a difference that was not run
 
 
+def test_serving_agreement_by_margin_counts_regions_by_how_far_fp32_is_from_a_tie(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from serving_runtimes import agreement_by_margin
+
+    reference = torch.tensor(
+        [
+            [0.50, 0.48, 0.02],  # margin 0.02
+            [0.40, 0.37, 0.23],  # 0.03
+            [0.60, 0.30, 0.10],  # 0.30
+            [0.90, 0.05, 0.05],  # 0.85
+            [1.00, 0.00, 0.00],  # 1.00: the last bin holds its upper edge
+        ]
+    )
+    same = torch.tensor([False, True, True, True, True])
+    rows = agreement_by_margin(reference, same, edges=(0.0, 0.05, 0.5, 1.0))
+    assert [(low, high, n) for low, high, n, _ in rows] == [(0.0, 0.05, 2), (0.05, 0.5, 1), (0.5, 1.0, 2)]
+    assert [share for *_, share in rows] == [0.5, 1.0, 1.0]
+    empty = agreement_by_margin(reference[:1], same[:1], edges=(0.0, 0.01, 1.0))
+    assert empty[0][2] == 0 and empty[0][3] != empty[0][3] and empty[1][2:] == (1, 0.0)  # nan where no region
+
+
 @pytest.mark.slow
 def test_serving_runtimes_benchmark_runs_and_onnxruntime_keeps_every_top1(tmp_path):
     """The quick run judges three real-weight Lite0 models on the same regions; float32 ONNX Runtime keeps every
@@ -330,10 +395,18 @@ def test_serving_runtimes_benchmark_runs_and_onnxruntime_keeps_every_top1(tmp_pa
         pytest.skip(printed)
     regions = re.findall(r"(\d+) regions at 224x224", printed)
     assert len(regions) == 3 and int(regions[0]) >= 200, printed
+    # add_l1 with ImageNet weights (side branch at zero) gives one answer per photo; crop and blackout one a region
+    photos = re.findall(r"(\d+) photos, \d+ regions at 224x224", printed)[0]
+    ignored = re.findall(r"\((\d+) distinct float32 answers: the model ignores the mask\)", printed)
+    assert ignored == [photos], printed
     rows = re.findall(r"^fp32/onnxruntime\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+)%\s+([\d.]+)% of (\d+)", printed, re.M)
     assert [row[:2] for row in rows] == [("100.0", "100.0")] * 3, printed
     assert all(int(row[2]) >= 5 for row in rows), printed  # some regions where float32 is sure
     assert "no demo model" in printed
+    # the breakdown by margin covers every region, and fp32 ONNX Runtime agrees in every bin
+    for line in re.findall(r"^  fp32/onnxruntime +(.*)$", printed, re.M):
+        cells = re.findall(r"([\d.]+)-([\d.]+): (\d+)% of (\d+)", line)
+        assert {cell[2] for cell in cells} == {"100"} and sum(int(c[3]) for c in cells) == int(regions[0]), line
     last = printed.strip().splitlines()[-1]
     assert re.fullmatch(r"best real-weight add_l1 \(ImageNet Lite0\): fp32/onnxruntime [\d.]+x, top-1 agreement 100.0% "
                         r"\(100.0% where sure\)", last), last  # fmt: skip

@@ -6,6 +6,8 @@ scenes (Fashion-MNIST items on real textures), then evaluated like the paper, pe
     python benchmarks/context_scenes/run.py --out runs/size_range --scenes size-range --seeds 3   # (~80 min)
     python benchmarks/context_scenes/run.py --out runs/curves --scenes size-range --seeds 3 --steps 3200 \
         --snapshots 400,800,1600 --variants add_l1 blackout_image add_l3 crop --one-seed-variants add_l3 crop
+    python benchmarks/context_scenes/run.py --out runs/bilinear --scenes size-range --seeds 3 --variants add_l1 \
+        --train model_kwargs=mask_resize=bilinear        # one variable changed (--train side_branch_lr_scale=100)
 
 The size-range run asks the paper's questions: 96x96 scenes with objects from 4 to 80 pixels across, bins scaled
 to the scene, a context-swapped validation split, three seeds; seeds.md and seeds_by_size.png summarise it.
@@ -42,7 +44,8 @@ from roi_attention.data.regions import load_region_split
 from roi_attention.data.scenes import SCENE_TRAINING, SIZE_RANGE_SCENES, SMALL_SCENES, build_scene_dataset
 from roi_attention.hub import convert_efficientnet_lite0
 from roi_attention.models import VARIANTS
-from roi_attention.train import run_training
+from roi_attention.train import load_config, run_training
+from roi_attention.train.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine
@@ -81,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--one-seed-variants", nargs="*", default=[], help="variants trained on the first seed only (the rest on all)"
     )
+    parser.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training config key over the scene recipe, one variable at a time: side_branch_lr_scale=100, "
+        "model_kwargs=mask_resize=bilinear (repeatable)",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = dict(SETTINGS["size-range" if args.scenes == "size-range" and not args.quick else mode])
@@ -96,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--snapshots must be steps below --steps ({settings['steps']}), got {snapshots}")
     if not set(args.one_seed_variants) <= set(variants):
         parser.error(f"--one-seed-variants {args.one_seed_variants} must be among the variants {variants}")
+    try:
+        recipe_changes = training_overrides(args.train)
+    except (ConfigError, ValueError) as error:
+        parser.error(f"--train: {error}")
     if args.out.exists():
         parser.error(f"{args.out} exists; choose a new folder")
     started = time.perf_counter()
@@ -113,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         coco_dir=args.out / "scenes",
         swapped_scenes=settings["validation_scenes"] if swapped else 0,
     )
-    training = {**SCENE_TRAINING, "image_size": scenes.size}
+    training = {**SCENE_TRAINING, "image_size": scenes.size, **recipe_changes}
     timings["build the scene dataset"] = time.perf_counter() - started
 
     bins = f"scaled:{scenes.size}x{scenes.size}" if args.scenes == "size-range" else "paper"
@@ -198,6 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         if snapshots:
             write_summaries(args.out / "results", seeds, points, swapped)
     return 0
+
+
+# What run.py sets for every training itself; --train changes the recipe, not these.
+RUN_KEYS = ("dataset", "output_dir", "model", "weights", "max_steps", "seed", "snapshot_steps", "eval_split")
+
+
+def training_overrides(pairs: list[str]) -> dict[str, str]:
+    """``--train KEY=VALUE`` pairs as training overrides, each checked as ``python -m roi_attention.train`` would."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        if key in RUN_KEYS:
+            raise ValueError(f"{key} is set by the benchmark ({', '.join(RUN_KEYS)}); the recipe's keys can change")
+        load_config(None, [f"--{key}", value])
+        overrides[key] = value
+    return overrides
 
 
 def write_summaries(results: Path, seeds: list[int], points: list[int], swapped: bool, quiet: bool = False) -> None:
