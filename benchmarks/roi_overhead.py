@@ -9,7 +9,8 @@ backbone, the ROI model, the ROI model with its input value checks off (check_in
 the plain backbone (same weights, same input: the control) once each, in a random order; the ratio to the plain
 backbone is taken within each round, and its median is given with a 95% bootstrap interval over the rounds: a
 target is met where the interval's upper end is below it. The control's ratio would be 1 on a quiet machine; how
-far its interval reaches is what the machine can resolve. Peak memory: each
+far its interval reaches is what the machine can resolve. ``--processes N`` repeats it all in N fresh processes and
+judges the median over them, with an interval over the processes. Peak memory: each
 configuration in a fresh process, peak RSS above the process's RSS after building the model.
 """
 
@@ -113,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "--processes",
         type=int,
         default=1,
-        help="repeat in N fresh processes and judge the median over them (where buffers land in memory moves a "
-        "batch-1 ratio by up to 10%% from one process to the next, a bias no number of rounds averages out)",
+        help="repeat in N fresh processes and judge the median over them (Lite0's batch-1 ratio moved from 0.87 to "
+        "1.14 from one process to the next, each with a narrow interval: a bias of the process that no number of "
+        "rounds averages out)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the rounds' random order")
     args = parser.parse_args(argv)
@@ -139,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, mode in itertools.product(args.variants, args.modes):
             name = f"roi_{backbone}_{variant}"
             roi, roi_unchecked = build(name, plain=plain), build(name, check_inputs=False, plain=plain)
-            # One photo tensor for all: at batch 1 the time of the same model on two copies of a photo differed by
-            # up to 25%, from process to process (where each copy lies in memory, not what it holds).
+            # One photo tensor for every configuration: the same input, only the model differs.
             x_plain = inputs(backbone, batch, size)
             x_roi = inputs(name, batch, size, image=x_plain["x"])
             train = mode == "train"
