@@ -150,8 +150,8 @@ def config_help() -> str:
     types_ = _field_types()
     for item in dataclasses.fields(TrainConfig):
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        kind = str(types_[item.name]).replace("typing.", "")
-        kind = getattr(types_[item.name], "__name__", kind) if isinstance(types_[item.name], type) else kind
+        hint = types_[item.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
         lines.append(f"  --{item.name:22} {kind:20} default: {default!r}")
     return "\n".join(lines)
 
