@@ -147,11 +147,13 @@ def test_config_overrides_are_typed_and_unknown_keys_refused():
 
 def test_model_kwargs_reach_the_model_and_stay_with_it(dataset, tmp_path):
     """``--model_kwargs mask_resize=bilinear`` (timm's train.py ``--model-kwargs``): the trained model resizes
-    masks bilinearly, and the saved folder loads as that model."""
+    masks bilinearly, and the saved folder loads as that model; TensorBoard records them among the hparams."""
     from roi_attention.train import main as train_main
 
     out = tmp_path / "out"
-    assert train_main(_args(dataset, out, max_steps=2, model_kwargs="mask_resize=bilinear,crop_margin=0.2")) == 0
+    kwargs = "mask_resize=bilinear,crop_margin=0.2"
+    assert train_main(_args(dataset, out, max_steps=2, model_kwargs=kwargs, tracker="tensorboard")) == 0
+    assert list((out / "roi-attention").rglob("events.out.tfevents.*"))
     loaded = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
     assert (loaded.mask_resize, loaded.crop_margin) == ("bilinear", 0.2)
     assert load_config(None, ["--model_kwargs", "crop_margin=0.2"]).model_kwargs == {"crop_margin": 0.2}

@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, on_step: Callable[[StepState], None] | None = None) 
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.output_dir) / "train_config.yaml")
     if cfg.tracker != "none":
-        hparams = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in cfg.to_dict().items()}
+        hparams = {k: _hparam(v) for k, v in cfg.to_dict().items()}
         accelerator.init_trackers("roi-attention", config={k: v for k, v in hparams.items() if v is not None})
 
     # Each rank reads its own share of one global sequence of draws; a draw's augmentation depends on it alone.
@@ -324,6 +324,15 @@ def _save(
             return 1
         accelerator.print(f"published to the Hub: {url}")
     return 0
+
+
+def _hparam(value: Any) -> Any:
+    """A config value as trackers take it (numbers, strings, booleans): lists and mappings as on the command line."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    return value
 
 
 def main(argv: Sequence[str] | None = None, on_step: Callable[[StepState], None] | None = None) -> int:
