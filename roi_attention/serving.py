@@ -63,8 +63,11 @@ INT8_HELD_OUT = 4
 INT8_AGREEMENT = 0.90
 INT8_SURE_AGREEMENT = 0.98
 SURE_PROBABILITY = 0.5
+# float32's top-1 minus top-2 probability below which two classes are a near-tie: any rounding may swap them
+# (on ImageNet Lite0 regions int8 kept 44-49% of such answers, bf16 65-79%, and 96-100% from a margin of 0.2 up).
+NEAR_TIE_MARGIN = 0.05
 # Bumped whenever the export or the quantisation recipe changes what a cached graph holds.
-GRAPH_RECIPE = 4
+GRAPH_RECIPE = 6
 GRAPH_CACHE_ENTRIES = 16  # the least recently used entries beyond this many are removed
 
 
@@ -423,7 +426,8 @@ def _quantize_int8_by_measurement(
 
 def _quantize_int8(path: str, regions: list[tuple[Tensor, Tensor]], first_conv: bool) -> str:
     """ONNX Runtime static quantisation of ``path`` calibrated on ``regions``: QDQ, symmetric per-channel int8
-    weights, uint8 activations, ``_float_nodes`` kept in float32."""
+    weights, uint8 activations, ``_float_nodes`` kept in float32, the convolutions' biases corrected for the
+    weights' rounding (``_correct_conv_biases``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -436,7 +440,10 @@ def _quantize_int8(path: str, regions: list[tuple[Tensor, Tensor]], first_conv: 
             return None if region is None else {"image": region[0].numpy(), "masks": region[1].numpy()}
 
     prepared = path.replace(".onnx", ".pre.onnx")
-    quantized = path.replace(".onnx", f".int8{'.first-conv-float' if first_conv else ''}.onnx")
+    suffix = ".first-conv-float" if first_conv else ""
+    corrected = path.replace(".onnx", f".bias-corrected{suffix}.onnx")
+    quantized = path.replace(".onnx", f".int8{suffix}.onnx")
+    reduce_range = not _cpu_has_vnni()
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs every tensor whose shape it does not know to the root logger
@@ -446,16 +453,18 @@ def _quantize_int8(path: str, regions: list[tuple[Tensor, Tensor]], first_conv: 
                 quant_pre_process(path, prepared)
             except Exception:  # ONNX Runtime's symbolic shape inference knows no RoiAlign (crop variants)
                 quant_pre_process(path, prepared, skip_symbolic_shape=True)
+        excluded = _float_nodes(prepared, first_conv)
+        _correct_conv_biases(prepared, corrected, regions, excluded, reduce_range)
         quantize_static(
-            prepared,
+            corrected,
             quantized,
             Reader(),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=not _cpu_has_vnni(),
-            nodes_to_exclude=_float_nodes(prepared, first_conv),
+            reduce_range=reduce_range,
+            nodes_to_exclude=excluded,
             extra_options=dict(WeightSymmetric=True),
         )
     finally:
@@ -463,15 +472,74 @@ def _quantize_int8(path: str, regions: list[tuple[Tensor, Tensor]], first_conv: 
     return quantized
 
 
+def _correct_conv_biases(
+    path: str, corrected: str, regions: list[tuple[Tensor, Tensor]], excluded: list[str], reduce_range: bool
+) -> None:
+    """Write to ``corrected`` the graph at ``path`` with each quantised convolution's bias less the mean shift
+    that rounding its weights to int8 causes: ``(W_int8 - W)`` applied to the convolution's mean input channels
+    over ``regions`` (empirical bias correction, Nagel et al. 2019, arXiv 1906.04721). The weights are rounded
+    as ``quantize_static`` rounds them (symmetric, per output channel). Measured on the ImageNet Lite0 ``crop``:
+    rounding the weights alone, activations float, kept float32's top-1 on 77% of real-photo regions, 92% with
+    the correction."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, numpy_helper
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    model = onnx.load(path)
+    weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    convs = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Conv" and node.name not in excluded and len(node.input) == 3
+        and node.input[1] in weights and node.input[2] in weights and uses[node.input[2]] == 1
+        and len(weights[node.input[1]].dims) == 4
+    ]  # fmt: skip
+    inputs = list(dict.fromkeys(node.input[0] for node in convs))
+    given = {tensor.name for tensor in model.graph.input}
+    computed = [name for name in inputs if name not in given]
+    outputs = len(model.graph.output)
+    known = {output.name for output in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in computed if name not in known)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    means = dict.fromkeys(inputs, 0.0)
+    for image, mask in regions:
+        feeds = {"image": image.numpy(), "masks": mask.numpy()}
+        values = feeds | (dict(zip(computed, session.run(computed, feeds), strict=True)) if computed else {})
+        for name in inputs:
+            means[name] = means[name] + values[name].mean(axis=(0, 2, 3), dtype=np.float64) / len(regions)
+    del model.graph.output[outputs:]
+    for node in convs:
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        bias = numpy_helper.to_array(weights[node.input[2]])
+        rounded = np.empty_like(weight)
+        for channel, channel_weights in enumerate(weight):
+            zero_point, scale, quantized = quantize_data(channel_weights, TensorProto.INT8, True, reduce_range)
+            rounded[channel] = (quantized.astype(np.float32) - zero_point) * scale
+        groups = next((attribute.i for attribute in node.attribute if attribute.name == "group"), 1)
+        error = (rounded - weight).sum(axis=(2, 3), dtype=np.float64)  # (out, in / groups)
+        mean = means[node.input[0]].reshape(groups, -1)  # (groups, in / groups)
+        shift = np.einsum("goi,gi->go", error.reshape(groups, -1, error.shape[1]), mean).reshape(-1)
+        weights[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(bias.dtype), node.input[2]))
+    onnx.save(model, corrected)
+
+
 @dataclass(frozen=True)
 class Int8Agreement:
-    """How often int8's top-1 equals float32's on held-out calibration regions: over all ``regions``, and over
-    the ``sure`` ones where float32's top-1 has probability >= ``SURE_PROBABILITY``."""
+    """How often int8's top-1 equals float32's on held-out calibration regions: over all ``regions``, over the
+    ``sure`` ones where float32's top-1 has probability >= ``SURE_PROBABILITY``, and over the ``near_ties`` where
+    float32's top two are within ``NEAR_TIE_MARGIN``."""
 
     regions: int
     agreeing: int
     sure: int
     sure_agreeing: int
+    near_ties: int = 0
+    near_tie_agreeing: int = 0
 
     @property
     def overall(self) -> float:
@@ -486,11 +554,23 @@ class Int8Agreement:
         return self.overall >= INT8_AGREEMENT and (self.sure == 0 or self.where_sure >= INT8_SURE_AGREEMENT)
 
     def __str__(self) -> str:
-        sure = f"{self.where_sure:.0%} of the {self.sure}" if self.sure else "none of the"
-        return (
-            f"int8 top-1 agrees with float32 on {self.overall:.0%} of {self.regions} held-out calibration regions "
-            f"({sure} where float32 is sure, p >= {SURE_PROBABILITY})"
+        sure = (
+            f"{self.where_sure:.0%} of the {self.sure} where float32 is sure"
+            if self.sure
+            else "float32 is sure on none of them"
         )
+        said = (
+            f"int8 top-1 agrees with float32 on {self.overall:.0%} of {self.regions} held-out calibration regions "
+            f"({sure}, p >= {SURE_PROBABILITY})"
+        )
+        misses = self.regions - self.agreeing
+        if misses:
+            near = self.near_ties - self.near_tie_agreeing
+            share = f"{near} of its {misses} misses are near-ties"
+            if misses == 1:
+                share = "its one miss is a near-tie" if near else "its one miss is not a near-tie"
+            said += f"; {share} (float32's top two within {NEAR_TIE_MARGIN}), where any rounding can swap them"
+        return said
 
 
 def _float_answers(model: RoiAttentionNet, regions: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
@@ -509,7 +589,7 @@ def _int8_agreement(
 ) -> tuple[Int8Agreement, float]:
     """``session``'s top-1 against the float32 ``expected`` probabilities on ``regions``, and the mean KL
     divergence of its probabilities from them (a measure of the whole answer, steadier than counting flips)."""
-    agreeing = sure = sure_agreeing = 0
+    agreeing = sure = sure_agreeing = near_ties = near_tie_agreeing = 0
     divergence = 0.0
     for (image, mask), probabilities in zip(regions, expected, strict=True):
         logits = torch.from_numpy(session.run(None, {"image": image.numpy(), "masks": mask.numpy()})[0][0])
@@ -518,7 +598,11 @@ def _int8_agreement(
         agreeing += same
         if float(probabilities.max()) >= SURE_PROBABILITY:
             sure, sure_agreeing = sure + 1, sure_agreeing + same
-    return Int8Agreement(len(regions), agreeing, sure, sure_agreeing), divergence / max(len(regions), 1)
+        top_two = probabilities.topk(min(2, probabilities.numel())).values
+        if len(top_two) == 2 and float(top_two[0] - top_two[1]) < NEAR_TIE_MARGIN:
+            near_ties, near_tie_agreeing = near_ties + 1, near_tie_agreeing + same
+    agreement = Int8Agreement(len(regions), agreeing, sure, sure_agreeing, near_ties, near_tie_agreeing)
+    return agreement, divergence / max(len(regions), 1)
 
 
 def _warn_below_tolerance(agreement: Int8Agreement | None) -> None:

@@ -300,6 +300,85 @@ def test_int8_below_its_tolerance_says_so_with_the_figures_and_what_to_use_inste
     assert not Int8Agreement(100, 95, 50, 48).within_tolerance  # 96% where sure
 
 
+def test_int8_agreement_counts_the_misses_at_near_ties_of_float32():
+    """Regions whose float32 top two are within NEAR_TIE_MARGIN are counted apart, and the warning says how many of
+    int8's misses they hold: four regions built by hand (margins 0.01, 0.02, 0.3, 0.6), int8 missing the first and
+    the third."""
+    from roi_attention.serving import NEAR_TIE_MARGIN, _int8_agreement
+
+    assert NEAR_TIE_MARGIN == 0.05
+    expected = [torch.tensor(p) for p in ([0.40, 0.39, 0.21], [0.35, 0.33, 0.32], [0.6, 0.3, 0.1], [0.8, 0.2, 0.0])]
+    int8_top1 = [1, 0, 2, 0]
+
+    class Answers:  # an ONNX Runtime session's run(): the logits of the region it is given
+        def run(self, outputs, feeds):
+            logits = np.zeros((1, 3), dtype=np.float32)
+            logits[0, int(feeds["masks"].reshape(-1)[0])] = 5.0
+            return [logits]
+
+    regions = [(torch.zeros(1, 3, 2, 2), torch.full((1, 1, 2, 2), float(k))) for k in int8_top1]
+    agreement, _ = _int8_agreement(expected, Answers(), regions)
+    assert agreement == Int8Agreement(regions=4, agreeing=2, sure=2, sure_agreeing=1, near_ties=2, near_tie_agreeing=1)
+    assert str(agreement).endswith(
+        "; 1 of its 2 misses are near-ties (float32's top two within 0.05), where any rounding can swap them"
+    )
+    assert str(Int8Agreement(4, 4, 0, 0, 2, 2)).endswith("(float32 is sure on none of them, p >= 0.5)")
+    assert "; its one miss is a near-tie (" in str(Int8Agreement(4, 3, 0, 0, 2, 1))
+    assert "; its one miss is not a near-tie (" in str(Int8Agreement(4, 3, 0, 0, 2, 2))
+
+
+def test_int8_bias_correction_gives_the_rounded_convolutions_float32s_mean_output(tmp_path):
+    """A dense and a depthwise 3x3 convolution of the photo and an excluded one: after the correction, each
+    quantised convolution with its weights rounded to int8 per output channel (torch's own fake quantisation, not
+    ONNX Runtime's) gives float32's mean output on the calibration photos (photos constant per channel, so the
+    mean of a window is the channel's mean); uncorrected it does not; the excluded convolution is left alone."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from roi_attention.serving import _correct_conv_biases
+
+    rng = np.random.default_rng(0)
+    shapes = dict(dense=(4, 3, 3, 3), depthwise=(3, 1, 3, 3), excluded=(2, 3, 3, 3))
+    groups = dict(dense=1, depthwise=3, excluded=1)
+    weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
+    biases = {name: rng.normal(size=shape[0]).astype(np.float32) for name, shape in shapes.items()}
+    nodes = [helper.make_node("Conv", ["image", f"{n}_w", f"{n}_b"], [n], name=n, group=groups[n]) for n in shapes]
+    channels = dict(image=3, masks=1)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 6, 6]) for n, c in channels.items()]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in shapes]
+    initializers = [numpy_helper.from_array(weights[n], f"{n}_w") for n in shapes]
+    initializers += [numpy_helper.from_array(biases[n], f"{n}_b") for n in shapes]
+    graph = helper.make_graph(nodes, "convs", inputs, outputs, initializers)
+    path, corrected = str(tmp_path / "float.onnx"), str(tmp_path / "corrected.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    channel_values = rng.normal(1.0, 2.0, size=(5, 1, 3, 1, 1)).astype(np.float32)
+    regions = [(torch.from_numpy(v).expand(1, 3, 6, 6).contiguous(), torch.zeros(1, 1, 6, 6)) for v in channel_values]
+    _correct_conv_biases(path, corrected, regions, excluded=["excluded"], reduce_range=False)
+    new_biases = {t.name: numpy_helper.to_array(t) for t in onnx.load(corrected).graph.initializer}
+    assert np.array_equal(new_biases["excluded_b"], biases["excluded"])
+
+    def mean_output(name: str, bias: np.ndarray, rounded: bool) -> np.ndarray:
+        weight = torch.from_numpy(weights[name])
+        if rounded:
+            scale = weight.flatten(1).abs().amax(1) / 127
+            zero = torch.zeros(len(scale), dtype=torch.int32)
+            weight = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+        bias = torch.tensor(bias)
+        convolved = [torch.nn.functional.conv2d(image, weight, bias, groups=groups[name]) for image, _ in regions]
+        return torch.cat(convolved).mean((0, 2, 3)).numpy()
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feeds = [{"image": image.numpy(), "masks": mask.numpy()} for image, mask in regions]
+    graph_means = np.stack([session.run(["dense"], feed)[0] for feed in feeds]).mean((0, 1, 3, 4))
+    exact = {name: mean_output(name, biases[name], rounded=False) for name in shapes}
+    np.testing.assert_allclose(graph_means, exact["dense"], rtol=1e-5, atol=1e-5)  # the graph computes what torch does
+    for name in ("dense", "depthwise"):
+        with_correction = mean_output(name, new_biases[f"{name}_b"], rounded=True)
+        np.testing.assert_allclose(with_correction, exact[name], rtol=0, atol=1e-5)
+        assert np.abs(mean_output(name, biases[name], rounded=True) - exact[name]).max() > 1e-3, name
+
+
 @pytest.mark.slow
 def test_int8_keeps_a_crops_box_in_float32_and_quantises_the_network():
     """The crop's box is computed from the mask (min/max of its pixels, scaled): quantised to uint8 it moved the
