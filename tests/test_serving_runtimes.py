@@ -336,7 +336,7 @@ def test_int8_bias_correction_gives_the_rounded_convolutions_float32s_mean_outpu
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
-    from roi_attention.serving import _correct_conv_biases
+    from roi_attention.serving import _correct_conv_biases, _correctable_convs
 
     rng = np.random.default_rng(0)
     shapes = dict(dense=(4, 3, 3, 3), depthwise=(3, 1, 3, 3), excluded=(2, 3, 3, 3))
@@ -354,6 +354,7 @@ def test_int8_bias_correction_gives_the_rounded_convolutions_float32s_mean_outpu
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     channel_values = rng.normal(1.0, 2.0, size=(5, 1, 3, 1, 1)).astype(np.float32)
     regions = [(torch.from_numpy(v).expand(1, 3, 6, 6).contiguous(), torch.zeros(1, 1, 6, 6)) for v in channel_values]
+    assert [node.name for node in _correctable_convs(onnx.load(path), ["excluded"])] == ["dense", "depthwise"]
     _correct_conv_biases(path, corrected, regions, excluded=["excluded"], reduce_range=False)
     new_biases = {t.name: numpy_helper.to_array(t) for t in onnx.load(corrected).graph.initializer}
     assert np.array_equal(new_biases["excluded_b"], biases["excluded"])
